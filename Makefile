@@ -1,0 +1,28 @@
+# `make quickstart` and `make test` set up .venv on first use, then run.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup quickstart test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: a bare `torch` would fetch the newest (multi-GB) build
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+quickstart: setup
+	$(BIN)/python -m bnsweep run sweeps/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf runs $(VENV)

@@ -1,0 +1,3 @@
+from bnsweep.cli import main
+
+raise SystemExit(main())

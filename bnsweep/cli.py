@@ -1,0 +1,128 @@
+"""Command line: `python -m bnsweep {run,validate,plan,schema} ...`.
+
+Mistakes in the input print one line and exit with status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bnsweep.errors import UserError
+
+
+def _check_data(cells) -> None:
+    from bnsweep.data import DATASETS
+
+    for spec in {c.dataset for c in cells}:
+        msg = DATASETS[spec.name].missing(spec)
+        if msg and not getattr(spec, "download", False):
+            raise UserError(msg)
+
+
+def _summary(cells, output: str) -> str:
+    import polars as pl
+
+    from analysis import summaries
+    from bnsweep.console import mean_sd, text_table
+    from bnsweep.records import Store
+
+    store, ids = Store(output), [c.cell_id for c in cells]
+    keep = lambda name: pl.from_arrow(store.read(name, cells[0].sweep)).lazy().filter(pl.col("cell_id").is_in(ids))
+    s = summaries.final_metrics(keep("cells"), keep("evals"))
+    rows = [{
+        "arch": r["arch"], "norm": r["norm"], "lr": f"{r['lr']:g}",
+        "seeds": r["seeds"], "diverged": r["diverged"], "failed": r["failed"],
+        "final train loss": mean_sd(r["train_loss_mean"], r["train_loss_sd"], r["train_loss_n"]),
+        "train acc": mean_sd(r["train_accuracy_mean"], r["train_accuracy_sd"], r["train_accuracy_n"]),
+        "test acc": mean_sd(r["test_accuracy_mean"], r["test_accuracy_sd"], r["test_accuracy_n"]),
+    } for r in s.iter_rows(named=True)]
+    return text_table(rows)
+
+
+def cmd_run(args) -> int:
+    from bnsweep import runner
+    from bnsweep.records import Store
+    from bnsweep.specfile import load_cells
+
+    spec, cells = load_cells(args.spec)
+    _check_data(cells)
+    outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent)
+    if outcome.total == 0:
+        print("nothing to run: every cell already has a result")
+    print(f"\nsweep {spec.name}: final metrics over seeds (mean ± sd over finished seeds, n = seeds)")
+    print(_summary(cells, spec.output))
+    print(f"\ntables: {Store(spec.output).uri}/{{cells,steps,evals}}/sweep={spec.name}/")
+    if outcome.interrupted:
+        print("interrupted: run the same command again to finish the remaining cells", file=sys.stderr)
+        return 130
+    if outcome.failed:
+        print(f"{outcome.failed} cells failed (see the `error` column of the cells table); run again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from bnsweep.specfile import load_cells
+
+    spec, cells = load_cells(args.spec)
+    _check_data(cells)
+    print(f"ok: {args.spec}: sweep {spec.name!r}, {len(spec.grid)} grid(s), {len(cells)} cells, output {spec.output}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from bnsweep.console import text_table
+    from bnsweep.records import Store
+    from bnsweep.specfile import load_cells
+
+    spec, cells = load_cells(args.spec)
+    status = {r["cell_id"]: r["status"] for r in Store(spec.output).read("cells", spec.name).to_pylist()}
+    rows = [{"cell_id": c.cell_id, "arch": c.arch, "norm": c.norm, "lr": f"{c.lr:g}", "seed": c.seed,
+             "dataset": c.dataset.name, "steps": c.train.steps, "batch": c.train.batch_size,
+             "cpu": f"{c.resources.cpu:g}", "gpu": f"{c.resources.gpu:g}", "status": status.get(c.cell_id, "pending")}
+            for c in cells]
+    print(text_table(rows))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "diverged", "failed", "pending")}
+    print(f"\n{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for r in sorted({c.resources for c in cells}, key=lambda r: (r.cpu, r.gpu)):
+        n = sum(c.resources == r for c in cells)
+        print(f"{n} cells need cpu={r.cpu:g}, gpu={r.gpu:g} each (total {n * r.cpu:g} CPU, {n * r.gpu:g} GPU if run at once)")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from bnsweep.spec import SweepSpec
+
+    print(json.dumps(SweepSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run every cell of a sweep that has no result yet")
+    r.add_argument("spec", help="sweep YAML file")
+    r.add_argument("--address", help="Ray cluster to join (e.g. auto); default: embedded local Ray")
+    r.add_argument("--max-concurrent", type=int, default=None, help="at most this many cells at once")
+    r.set_defaults(fn=cmd_run)
+    for name, fn, text in (("validate", cmd_validate, "check a sweep file and its data; runs nothing"),
+                           ("plan", cmd_plan, "list a sweep's cells, their status and resources; runs nothing")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("spec", help="sweep YAML file")
+        c.set_defaults(fn=fn)
+    sub.add_parser("schema", help="print the sweep file's JSON Schema").set_defaults(fn=cmd_schema)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,32 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+import math
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """`digits` significant digits: 0.931, 1.32e+04, 0.000712."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x:#.{digits}g}".rstrip(".") if 1e-4 <= abs(x) < 1e5 else f"{x:.{digits - 1}e}"
+
+
+def mean_sd(mean: float | None, sd: float | None, n: int) -> str:
+    """'0.931 ± 0.004 (n=3)'; a single seed has no spread: '0.931 (n=1)'."""
+    if not n:
+        return "-"
+    spread = f" ± {fmt(sd)}" if n > 1 and sd is not None else ""
+    return f"{fmt(mean)}{spread} (n={n})"
+
+
+def text_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])

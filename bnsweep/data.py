@@ -1,0 +1,204 @@
+"""Datasets: each lives on the training device as whole tensors; batches are index slices.
+
+`cifar10` (torchvision's on-disk layout), `digits` (scikit-learn's bundled 8x8 digits, offline)
+and `gaussian_regression` (the paper's deep-linear-network task). All are deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from bnsweep.errors import UserError
+from bnsweep.norms import Options
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about the data, without loading it."""
+
+    name: str
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors
+    out_dim: int  # classes, or target width for regression
+    task: Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train and test tensors on one device; x standardised, y class indices or targets."""
+
+    info: DatasetInfo
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel standardisation with training-set statistics [I]."""
+    dims = [0, *range(2, x_train.dim())]
+    mean, std = x_train.mean(dims, keepdim=True), x_train.std(dims, keepdim=True)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+class Cifar10Spec(Options):
+    name: Literal["cifar10"] = "cifar10"
+    root: str = Field("data", description="Folder holding cifar-10-batches-py/ (torchvision's layout); relative to where bnsweep runs.")
+    download: bool = Field(False, description="Download CIFAR-10 with torchvision when it is missing under root.")
+
+
+class Cifar10:
+    """CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes [P]."""
+
+    Spec: ClassVar[type[Options]] = Cifar10Spec
+    folder = "cifar-10-batches-py"
+    train_files = [f"data_batch_{i}" for i in range(1, 6)]
+    test_files = ["test_batch"]
+
+    @staticmethod
+    def info(spec: Cifar10Spec) -> DatasetInfo:
+        return DatasetInfo("cifar10", (3, 32, 32), 10, "classification")
+
+    @classmethod
+    def missing(cls, spec: Cifar10Spec) -> str | None:
+        base = Path(spec.root) / cls.folder
+        absent = [f for f in cls.train_files + cls.test_files if not (base / f).is_file()]
+        if not absent:
+            return None
+        return (f"dataset.root: no CIFAR-10 under {base} (missing {', '.join(absent)}); set dataset.download: true, "
+                f"or extract {CIFAR10_URL} into {spec.root}")
+
+    @classmethod
+    def prepare(cls, spec: Cifar10Spec) -> None:
+        if cls.missing(spec) and spec.download:
+            import torchvision
+
+            torchvision.datasets.CIFAR10(spec.root, train=True, download=True)
+        if msg := cls.missing(spec):
+            raise UserError(msg)
+
+    @classmethod
+    def load(cls, spec: Cifar10Spec) -> tuple[torch.Tensor, ...]:
+        def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            xs, ys = [], []
+            for f in files:  # python pickles of {"data": (N, 3072) uint8, "labels": [N]}
+                with open(Path(spec.root) / cls.folder / f, "rb") as fh:
+                    d = pickle.load(fh, encoding="latin1")
+                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64))
+            return torch.from_numpy(np.concatenate(xs)).float() / 255, torch.from_numpy(np.concatenate(ys))
+
+        (xtr, ytr), (xte, yte) = read(cls.train_files), read(cls.test_files)
+        xtr, xte = standardise(xtr, xte)
+        return xtr, ytr, xte, yte
+
+    @staticmethod
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random crop (4-pixel reflect padding) and horizontal flip, batched on x's device."""
+        b, _, h, w = x.shape  # (B, C, H, W)
+        r = torch.randint(0, 9, (2, b), generator=generator, device=x.device)
+        flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+        p = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+        rows = (r[0].view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+        cols = (r[1].view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+        idx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+        return p.permute(0, 2, 3, 1)[idx, rows, cols].squeeze(1).permute(0, 3, 1, 2)
+
+
+class DigitsSpec(Options):
+    name: Literal["digits"] = "digits"
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the 1797 images held out for test.")
+    split_seed: int = Field(0, ge=0, description="Seed of the fixed train/test split (the same for every cell).")
+
+
+class Digits:
+    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes): real data, offline."""
+
+    Spec: ClassVar[type[Options]] = DigitsSpec
+    augment = None
+
+    @staticmethod
+    def info(spec: DigitsSpec) -> DatasetInfo:
+        return DatasetInfo("digits", (1, 8, 8), 10, "classification")
+
+    @staticmethod
+    def missing(spec: DigitsSpec) -> str | None:
+        return None
+
+    @staticmethod
+    def prepare(spec: DigitsSpec) -> None:
+        pass
+
+    @staticmethod
+    def load(spec: DigitsSpec) -> tuple[torch.Tensor, ...]:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16  # (N, 1, 8, 8)
+        y = torch.tensor(d.target, dtype=torch.int64)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(spec.split_seed))
+        n_test = round(len(y) * spec.test_fraction)
+        te, tr = perm[:n_test], perm[n_test:]
+        xtr, xte = standardise(x[tr], x[te])
+        return xtr, y[tr], xte, y[te]
+
+
+class GaussianRegressionSpec(Options):
+    name: Literal["gaussian_regression"] = "gaussian_regression"
+    dim: int = Field(10, gt=0, description="Width of x and of the target A x (10 in the paper) [P].")
+    samples: int = Field(1000, gt=0, description="Training samples x ~ N(0, I) (1000 in the paper) [P].")
+    test_samples: int = Field(1000, gt=0, description="Held-out samples from the same distribution [I].")
+    seed: int = Field(0, ge=0, description="Seed of the problem instance (A and the samples), the same for every cell [I].")
+
+
+class GaussianRegression:
+    """The DLN task [P]: targets A x with A 10x10 i.i.d. N(0, 1), x ~ N(0, I_10)."""
+
+    Spec: ClassVar[type[Options]] = GaussianRegressionSpec
+    augment = None
+
+    @staticmethod
+    def info(spec: GaussianRegressionSpec) -> DatasetInfo:
+        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression")
+
+    @staticmethod
+    def missing(spec: GaussianRegressionSpec) -> str | None:
+        return None
+
+    @staticmethod
+    def prepare(spec: GaussianRegressionSpec) -> None:
+        pass
+
+    @staticmethod
+    def load(spec: GaussianRegressionSpec) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(spec.seed)
+        a = torch.randn(spec.dim, spec.dim, generator=g)  # (D, D)
+        x = torch.randn(spec.samples + spec.test_samples, spec.dim, generator=g)  # (N, D)
+        y = x @ a.T  # targets A x
+        return x[: spec.samples], y[: spec.samples], x[spec.samples :], y[spec.samples :]
+
+
+DATASETS: dict[str, type] = {
+    "cifar10": Cifar10,
+    "digits": Digits,
+    "gaussian_regression": GaussianRegression,
+}
+
+
+@functools.lru_cache(maxsize=2)
+def load_data(spec: Options, device: str) -> Data:
+    """The dataset described by `spec`, on `device`; cached so a reused worker loads it once."""
+    ds = DATASETS[spec.name]
+    ds.prepare(spec)
+    xtr, ytr, xte, yte = (t.to(device) for t in ds.load(spec))
+    return Data(ds.info(spec), xtr, ytr, xte, yte)

@@ -1,0 +1,76 @@
+"""The one exception type for mistakes a user can fix (bad spec, missing data, bad resources).
+
+The CLI prints it as a single line and exits with status 2; everything else is a bug and keeps
+its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input, with a message that names the bad value and what is allowed."""
+
+
+def unknown(kind: str, name: object, known: "list[str] | tuple[str, ...]") -> UserError:
+    """The error for a name missing from a registry: lists every known name."""
+    return UserError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def _where(loc: tuple) -> str:
+    """('grid', 0, 'lr', 1) -> 'grid[0].lr[1]'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validation_error(e, prefix: tuple = ()) -> UserError:
+    """A pydantic ValidationError as one line: every bad field with what was wrong and what it got."""
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            allowed = _allowed_keys(e, loc)
+            if allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+            parts.append(f"{_where(loc)}: {msg}")
+        elif err["type"] in ("missing", "union_tag_invalid", "union_tag_not_found") or "unknown" in msg or "duplicate" in msg:
+            parts.append(f"{_where(loc)}: {msg}")
+        else:
+            parts.append(f"{_where(loc)}: {msg} (got {err['input']!r})")
+    return UserError("; ".join(parts))
+
+
+def _allowed_keys(e, loc: tuple) -> list[str]:
+    """The keys the model at `loc`'s parent accepts, found by walking the schema from the root."""
+    import typing
+
+    from pydantic import BaseModel
+
+    cls = _MODELS_BY_TITLE.get(e.title)
+    for part in loc[:-1]:
+        if cls is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:  # a discriminated-union tag: the dataset name
+            from bnsweep.data import DATASETS
+
+            cls = DATASETS[part].Spec if part in DATASETS else None
+            continue
+        cls = None
+        for t in [field.annotation, *typing.get_args(field.annotation)]:
+            for a in [t, *typing.get_args(t)]:
+                if isinstance(a, type) and issubclass(a, BaseModel):
+                    cls = a
+    return list(cls.model_fields) if cls else []
+
+
+_MODELS_BY_TITLE: dict = {}
+
+
+def register_model(cls):
+    """Let error messages list the allowed keys of `cls` when it is a validation root."""
+    _MODELS_BY_TITLE[cls.__name__] = cls
+    return cls

@@ -1,0 +1,185 @@
+"""Ray Tune backend: one trial per pending cell, resources from the spec, progress on the terminal.
+
+Only this module imports Ray. Which cells are pending is decided from the `cells` table, not
+from Tune's experiment state, so a re-run (after a finish, a crash or a SIGKILL) runs exactly
+the cells without a result, and a spec that gained a learning rate runs only the new cells.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from bnsweep.cell import run_cell
+from bnsweep.data import DATASETS
+from bnsweep.errors import UserError
+from bnsweep.records import Store
+from bnsweep.spec import CellConfig
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",  # embedded Ray is private to this process; clusters set it (see cluster.yaml)
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # no experiment banner: bnsweep prints its own progress
+}
+
+
+@dataclass
+class Outcome:
+    total: int
+    skipped: int
+    done: int = 0
+    diverged: int = 0
+    failed: int = 0
+    interrupted: bool = False
+
+
+def _trial(config: dict) -> None:
+    """The Tune trainable: run one cell, report its status (dense data goes to Parquet)."""
+    import ray
+    import torch
+    from ray import tune
+
+    cell = CellConfig.model_validate_json(config["cell"]["json"])
+    torch.set_num_threads(max(1, int(cell.resources.cpu)))  # reused actors keep the old count otherwise
+    out = run_cell(cell, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id())
+    tune.report({k: out[k] for k in ("status", "wall_s")})
+
+
+def _clock(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _progress_callback(total: int, tty: bool):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """Prints `cells done/total, running, failed, ETA` whenever a cell starts or ends."""
+
+        def __init__(self):
+            self.t0, self.running, self.counts, self.last = time.time(), 0, {"done": 0, "diverged": 0, "failed": 0}, ""
+
+        def line(self) -> str:
+            finished = sum(self.counts.values())
+            elapsed = time.time() - self.t0
+            eta = _clock(elapsed / finished * (total - finished)) if finished else "?"
+            return (f"[{finished}/{total} cells] running {self.running}, diverged {self.counts['diverged']}, "
+                    f"failed {self.counts['failed']} | elapsed {_clock(elapsed)}, ETA {eta}")
+
+        def show(self) -> None:
+            text = self.line()
+            if tty:
+                print("\r" + text.ljust(len(self.last)), end="", flush=True)
+            elif text != self.last:
+                print(text, flush=True)
+            self.last = text
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running += 1
+            if tty:
+                self.show()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.running -= 1
+            status = (trial.last_result or {}).get("status", "failed")
+            self.counts[status if status in self.counts else "failed"] += 1
+            self.show()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.running -= 1
+            self.counts["failed"] += 1
+            self.show()
+
+        def on_step_end(self, iteration, trials, **info):
+            if tty and iteration % 20 == 0:
+                self.show()
+
+    return Progress()
+
+
+def check_resources(cells: list[CellConfig], nodes: list[dict], where: str) -> None:
+    """Refuse requests that no node can satisfy: Ray would leave such trials pending forever."""
+    best_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    best_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    for r in {c.resources for c in cells}:
+        if not any(n.get("CPU", 0) >= r.cpu and n.get("GPU", 0) >= r.gpu for n in nodes):
+            raise UserError(f"resources: cells ask for cpu={r.cpu:g}, gpu={r.gpu:g} but no node of {where} has that "
+                            f"(largest: {best_cpu:g} CPUs, {best_gpu:g} GPUs); lower resources.cpu / resources.gpu")
+
+
+def local_node() -> dict:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def pending_cells(cells: list[CellConfig], store: Store) -> list[CellConfig]:
+    finished = store.finished(cells[0].sweep) if cells else {}
+    return [c for c in cells if c.cell_id not in finished]
+
+
+def prepare_data(cells: list[CellConfig]) -> None:
+    """Fetch or check each data set once, in the driver, before any trial starts."""
+    for spec in {c.dataset for c in cells}:
+        DATASETS[spec.name].prepare(spec)
+
+
+def run(cells: list[CellConfig], output: str, address: str | None = None, max_concurrent: int | None = None) -> Outcome:
+    """Run every cell of `cells` that has no result under `output` yet."""
+    store = Store(output)
+    todo = pending_cells(cells, store)
+    outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
+    print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
+    if not todo:
+        return outcome
+    if address is None:
+        check_resources(todo, [local_node()], "this machine")
+    prepare_data(todo)
+
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    import logging
+
+    import ray
+    from ray import tune
+
+    if address is None:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    tune_dir = tempfile.mkdtemp(prefix="bnsweep-tune-")
+    try:
+        if address is not None:
+            check_resources(todo, [n["Resources"] for n in ray.nodes() if n["Alive"]], f"the cluster at {address}")
+        trainable = tune.with_resources(_trial, lambda config: {"cpu": config["cell"]["cpu"], "gpu": config["cell"]["gpu"]})
+        progress = _progress_callback(len(todo), sys.stdout.isatty())
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"output": store.uri, "cell": tune.grid_search([
+                {"id": c.cell_id, "json": c.model_dump_json(), "cpu": c.resources.cpu, "gpu": c.resources.gpu} for c in todo])},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
+                                        trial_dirname_creator=lambda t: t.config["cell"]["id"]),
+            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress]),
+        )
+        grid = tuner.fit()
+        if sys.stdout.isatty():
+            print()
+        for r in grid:
+            status = (r.metrics or {}).get("status") if r.error is None else "failed"
+            if status in ("done", "diverged", "failed"):
+                setattr(outcome, status, getattr(outcome, status) + 1)
+        outcome.interrupted = outcome.done + outcome.diverged + outcome.failed < len(todo)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tune_dir, ignore_errors=True)
+    return outcome

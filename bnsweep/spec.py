@@ -1,0 +1,214 @@
+"""The sweep spec: YAML -> validated `SweepSpec` -> `expand()` -> one `CellConfig` per grid cell.
+
+Defaults live here, once, on the fields ([P] stated in the paper, [I] our inference, [U] unknown
+and made an option; see paper-protocol.md). Sweep files hold only overrides. Nothing here
+imports Ray, so bad input fails before any worker starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, ValidationError, create_model, field_validator, model_validator
+
+from bnsweep.data import DATASETS, DatasetInfo
+from bnsweep.errors import UserError, register_model, unknown, validation_error
+from bnsweep.models import MODEL_FAMILIES, MODELS
+from bnsweep.norms import NORMS, Options
+
+# Bump when training semantics change, so old results get new cell ids instead of mixing.
+TRAIN_VERSION = 1
+
+DatasetSpec = Annotated[Union[tuple(d.Spec for d in DATASETS.values())], Field(discriminator="name")]
+
+ModelOptions = create_model(
+    "ModelOptions", __base__=Options,
+    **{family: (opts, Field(default_factory=opts, description=f"Options of the {family} architectures.")) for family, opts in MODEL_FAMILIES.items()},
+)
+NormOptions = create_model(
+    "NormOptions", __base__=Options,
+    **{name: (cls.Options, Field(default_factory=cls.Options, description=f"Options of norm {name!r}.")) for name, cls in NORMS.items()},
+)
+
+
+class TrainSpec(Options):
+    """Plain SGD with a constant learning rate [P: 'standard SGD', 'fixed learning rate']."""
+
+    steps: int = Field(15000, gt=0, description="SGD steps per cell (15,000 for VGG [P]; 10,000 for the DLN [P]).")
+    batch_size: int = Field(128, gt=0, description="Samples per step (128 for VGG [P]; the full 1000 for the DLN [P]).")
+    eval_every: int = Field(1000, ge=0, description="Steps between full train/test evaluations (about every 1k in Fig. 1 [P]); 0 = only at the start and the end.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum; 0 in the paper [I].")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay; 0 in the paper [P].")
+    augment: bool = Field(False, description="Random crop and flip (cifar10 only); off in the paper [P].")
+    divergence_factor: float = Field(1000.0, gt=1, description="A cell is 'diverged' once its training loss is NaN/inf or above this multiple of its step-0 loss.")
+    eval_batch_size: int = Field(1000, gt=0, description="Samples per forward pass during evaluation (memory only).")
+
+
+class Resources(Options):
+    cpu: float = Field(1.0, gt=0, description="CPUs per cell (Ray resource); torch uses this many threads.")
+    gpu: float = Field(0.0, ge=0, description="GPUs per cell (Ray resource); fractions below 1 share a GPU.")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpu above 1 must be a whole number, got {v}")
+        return v
+
+
+@register_model
+class Settings(Options):
+    """Everything a grid block may override."""
+
+    dataset: DatasetSpec | None = Field(None, description="The data; required here or in every grid block's overrides.")
+    model: ModelOptions = Field(default_factory=ModelOptions, description="Per-architecture-family options.")
+    norm_options: NormOptions = Field(default_factory=NormOptions, description="Per-normalisation-variant options.")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the cell was given a GPU, else CPU.")
+    resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
+
+
+def _unique(kind: str, values: list) -> list:
+    dupes = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if dupes:
+        raise ValueError(f"duplicate {kind} values {dupes}; each value may appear once")
+    return values
+
+
+class Grid(Options):
+    """One grid: every combination of its axes is a cell."""
+
+    arch: list[str] = Field(min_length=1, description=f"Architectures: {', '.join(MODELS)}.")
+    norm: list[str] = Field(min_length=1, description=f"Normalisation variants: {', '.join(NORMS)}.")
+    lr: list[PositiveFloat] = Field(min_length=1, description="Learning rates (0.1 for VGG, 1e-6 for the DLN in the paper [P]).")
+    seed: list[NonNegativeInt] = Field([0], min_length=1, description="Seeds: initialisation, batch order and noise.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources), merged over the top level.")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if a not in MODELS:
+                raise ValueError(str(unknown("arch", a, list(MODELS))))
+        return _unique("arch", v)
+
+    @field_validator("norm")
+    @classmethod
+    def _known_norm(cls, v: list[str]) -> list[str]:
+        for n in v:
+            if n not in NORMS:
+                raise ValueError(str(unknown("norm", n, list(NORMS))))
+        return _unique("norm", v)
+
+    @field_validator("lr", "seed")
+    @classmethod
+    def _no_dupes(cls, v: list, info) -> list:
+        return _unique(info.field_name, v)
+
+
+@register_model
+class SweepSpec(Settings):
+    """A sweep: a name, where its tables go, default settings, and one or more grids."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name; a partition value in every table.")
+    output: str = Field(description="Where the tables go: a local or shared path (later also s3://, gs://).")
+    grid: list[Grid] = Field(min_length=1, description="A grid, or a list of grids whose cells are concatenated.")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _has_dataset(self) -> SweepSpec:
+        for i, g in enumerate(self.grid):
+            if self.dataset is None and "dataset" not in g.overrides:
+                raise ValueError(f"no dataset for grid[{i}]: set `dataset:` at the top level or in grid[{i}].overrides; known: {', '.join(DATASETS)}")
+        return self
+
+
+class CellConfig(Options):
+    """One fully resolved cell: everything that determines its result, plus where it runs."""
+
+    sweep: str
+    arch: str
+    norm: str
+    lr: float
+    seed: int
+    dataset: DatasetSpec
+    model: dict[str, Any]  # the arch family's options, validated
+    norm_options: dict[str, Any]  # the norm variant's options, validated
+    train: TrainSpec
+    device: Literal["auto", "cpu", "cuda"]
+    resources: Resources
+
+    def model_opts(self) -> Options:
+        return MODELS[self.arch].Options(**self.model)
+
+    def norm_opts(self) -> Options:
+        return NORMS[self.norm].Options(**self.norm_options)
+
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.dataset.name].info(self.dataset)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the result: not where it runs, nor where the data sits."""
+        d = self.model_dump(mode="json", exclude={"device", "resources"})
+        for k in ("root", "download"):
+            d["dataset"].pop(k, None)
+        d["train_version"] = TRAIN_VERSION
+        return d
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def block_settings(spec: SweepSpec, i: int) -> Settings:
+    """The settings of grid block `i`: its overrides merged over the spec's top level."""
+    top = spec.model_dump(include=set(Settings.model_fields), exclude_unset=True, mode="json")
+    try:
+        return Settings.model_validate(_merge(top, spec.grid[i].overrides))
+    except ValidationError as e:
+        raise validation_error(e, ("grid", i, "overrides")) from None
+
+
+def expand(spec: SweepSpec) -> list[CellConfig]:
+    """Every cell of every grid, in order; checks what needs the whole cell (data, devices)."""
+    cells: dict[str, CellConfig] = {}
+    for i, g in enumerate(spec.grid):
+        s = block_settings(spec, i)
+        where = f"grid[{i}]" if len(spec.grid) > 1 else "grid"
+        info = DATASETS[s.dataset.name].info(s.dataset)
+        if s.train.augment and DATASETS[s.dataset.name].augment is None:
+            raise UserError(f"{where}: train.augment: true is not supported for dataset {s.dataset.name!r}; datasets with augmentation: "
+                            + ", ".join(n for n, d in DATASETS.items() if d.augment is not None))
+        if s.device == "cuda" and s.resources.gpu == 0:
+            raise UserError(f"{where}: device: cuda needs resources.gpu > 0 (got gpu: 0)")
+        for arch in g.arch:
+            try:
+                MODELS[arch].check(arch, info)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+        for arch, norm, lr, seed in itertools.product(g.arch, g.norm, g.lr, g.seed):
+            cell = CellConfig(
+                sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
+                model=getattr(s.model, MODELS[arch].family).model_dump(),
+                norm_options=getattr(s.norm_options, norm).model_dump(),
+                train=s.train, device=s.device, resources=s.resources,
+            )
+            if cell.cell_id in cells:
+                raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")
+            cells[cell.cell_id] = cell
+    return list(cells.values())

@@ -1,0 +1,165 @@
+"""Training one cell: a plain SGD loop with full evaluations, knowing nothing of Ray or storage.
+
+    from bnsweep.train import train_cell
+    result = train_cell(cell)        # cell: a CellConfig from bnsweep.spec.expand()
+
+Row `step` t of the step record is the loss on batch t at the weights before update t; an
+evaluation at step t is taken after t updates (so evaluation 0 is the initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from bnsweep.data import DATASETS, Data, load_data
+from bnsweep.models import build_model
+from bnsweep.norms import norm_layer
+from bnsweep.spec import CellConfig
+
+CHECK_EVERY = 25  # steps between divergence checks: one host sync per window, not per step
+
+
+@dataclass
+class TrainResult:
+    status: Literal["done", "diverged"]
+    device: str
+    steps: dict[str, list] = field(default_factory=dict)  # columns: step, loss, accuracy
+    evals: list[dict] = field(default_factory=list)  # rows: step, split, loss, accuracy
+    diverged_step: int | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+def resolve_device(setting: str) -> torch.device:
+    """auto -> cuda when this process sees a GPU (Ray hides GPUs a cell was not given), else cpu."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but this process sees no CUDA device")
+    return torch.device(setting)
+
+
+def loss_fn(task: str):
+    """Mean softmax cross-entropy [I] for classification; the paper's sum of squares for regression [P]."""
+    if task == "classification":
+        return F.cross_entropy
+    return lambda out, y: (out - y).pow(2).sum()
+
+
+class BatchOrder:
+    """Seeded epochs: a fresh permutation of the training set each epoch, sliced into batches."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.n, self.b, self.g, self.device = n, min(batch_size, n), generator, device
+        self.perm, self.pos = None, n
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.b > self.n:  # drop the ragged tail: every batch has b samples
+            self.perm, self.pos = torch.randperm(self.n, generator=self.g).to(self.device), 0
+        idx = self.perm[self.pos : self.pos + self.b]
+        self.pos += self.b
+        return idx
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Data, step: int, batch_size: int) -> list[dict]:
+    """Loss and accuracy on the whole train and test sets, in eval mode (running statistics)."""
+    model.eval()
+    lf = loss_fn(data.info.task)
+    rows = []
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        total, correct = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            out = model(x[i : i + batch_size])
+            yb = y[i : i + batch_size]
+            if data.info.task == "classification":
+                total += F.cross_entropy(out, yb, reduction="sum").item()
+                correct += (out.argmax(1) == yb).sum().item()
+            else:
+                total += lf(out, yb).item()
+        classification = data.info.task == "classification"
+        rows.append({"step": step, "split": split,
+                     "loss": total / len(x) if classification else total,  # mean CE; regression: the sum, as trained
+                     "accuracy": correct / len(x) if classification else None})
+    model.train()
+    return rows
+
+
+def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
+    """Independent seeded streams per purpose (data order, noise, augmentation)."""
+    return torch.Generator(device=device).manual_seed(seed * 1000 + stream)
+
+
+def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
+    """Train one cell from scratch and return its step and evaluation records."""
+    dev = resolve_device(device or cell.device)
+    data = load_data(cell.dataset, str(dev))
+    classification = data.info.task == "classification"
+    t = cell.train
+
+    torch.manual_seed(cell.seed)  # initialisation
+    noise = _generator(cell.seed, 1, dev)
+    model = build_model(cell.arch, cell.model_opts(), norm_layer(cell.norm, cell.norm_opts(), noise), data.info).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cell.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    lf = loss_fn(data.info.task)
+    order = BatchOrder(len(data.x_train), t.batch_size, _generator(cell.seed, 0, torch.device("cpu")), dev)
+    augment = DATASETS[cell.dataset.name].augment if t.augment else None
+    aug_gen = _generator(cell.seed, 2, dev)
+
+    losses = torch.empty(t.steps, device=dev, dtype=torch.float64)
+    accs = torch.empty(t.steps, device=dev, dtype=torch.float64)
+    res = TrainResult(status="done", device=str(dev))
+    t0 = time.perf_counter()
+    res.evals += evaluate(model, data, 0, t.eval_batch_size)
+    res.eval_s += time.perf_counter() - t0
+    limit = math.inf
+    checked = 0  # steps [0, checked) have been checked for divergence
+    model.train()
+    for step in range(t.steps):
+        idx = order.next()
+        x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
+        if augment is not None:
+            x = augment(x, aug_gen)
+        out = model(x)
+        loss = lf(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = loss.detach()
+        if classification:
+            accs[step] = (out.argmax(1) == y).float().mean()
+
+        done = step + 1
+        eval_due = t.eval_every and done % t.eval_every == 0 and done < t.steps
+        if done % CHECK_EVERY == 0 or eval_due or done == t.steps:
+            window = losses[checked:done]
+            if checked == 0:
+                limit = t.divergence_factor * abs(window[0].item())
+            bad = (~torch.isfinite(window)) | (window > limit)
+            if bad.any():
+                res.status, res.diverged_step = "diverged", checked + int(bad.nonzero()[0, 0])
+                break
+            checked = done
+        if eval_due:
+            te = time.perf_counter()
+            res.evals += evaluate(model, data, done, t.eval_batch_size)
+            res.eval_s += time.perf_counter() - te
+
+    n = t.steps if res.diverged_step is None else res.diverged_step + 1
+    if res.status == "done":
+        te = time.perf_counter()
+        res.evals += evaluate(model, data, t.steps, t.eval_batch_size)
+        res.eval_s += time.perf_counter() - te
+    res.train_s = time.perf_counter() - t0 - res.eval_s
+    res.steps = {
+        "step": list(range(n)),
+        "loss": losses[:n].double().cpu().tolist(),
+        "accuracy": accs[:n].double().cpu().tolist() if classification else [None] * n,
+    }
+    return res
