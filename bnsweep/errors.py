@@ -27,17 +27,18 @@ def validation_error(e, prefix: tuple = ()) -> UserError:
     parts = []
     for err in e.errors(include_url=False):
         loc = prefix + tuple(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-            allowed = _allowed_keys(e, loc)
-            if allowed:
-                msg += f"; allowed: {', '.join(allowed)}"
-            parts.append(f"{_where(loc)}: {msg}")
-        elif err["type"] in ("missing", "union_tag_invalid", "union_tag_not_found") or "unknown" in msg or "duplicate" in msg:
-            parts.append(f"{_where(loc)}: {msg}")
-        else:
-            parts.append(f"{_where(loc)}: {msg} (got {err['input']!r})")
+        msg, kind = err["msg"].removeprefix("Value error, "), err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(e, tuple(err["loc"]))
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        elif kind == "union_tag_invalid":
+            ctx = err["ctx"]
+            msg = f"unknown {loc[-1]} {ctx['tag']!r}; known: {ctx['expected_tags'].replace(chr(39), '')}"
+        elif kind == "too_short":
+            msg = f"must list at least {err['ctx']['min_length']} value (got {err['input']!r})"
+        elif kind not in ("missing", "value_error", "assertion_error") and loc:
+            msg += f" (got {err['input']!r})"
+        parts.append(f"{_where(loc)}: {msg}" if loc else msg)
     return UserError("; ".join(parts))
 
 

@@ -138,11 +138,11 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
     store = Store(output)
     todo = pending_cells(cells, store)
     outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
+    if todo and address is None:
+        check_resources(todo, [local_node()], "this machine")
     print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
     if not todo:
         return outcome
-    if address is None:
-        check_resources(todo, [local_node()], "this machine")
     prepare_data(todo)
 
     for k, v in RAY_ENV.items():

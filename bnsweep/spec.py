@@ -55,7 +55,7 @@ class Resources(Options):
     @classmethod
     def _whole_above_one(cls, v: float) -> float:
         if v > 1 and v != int(v):
-            raise ValueError(f"gpu above 1 must be a whole number, got {v}")
+            raise ValueError(f"above 1 must be a whole number of GPUs (got {v:g})")
         return v
 
 

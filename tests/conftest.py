@@ -1,0 +1,53 @@
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+# before Ray starts anything (see bnsweep.runner.RAY_ENV)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny cells: real code paths, well under a second each.
+TINY_DLN = {
+    "arch": ["dln"], "norm": ["none", "batch"], "lr": [1.0e-4, 1.0e-3], "seed": [0, 1],
+    "overrides": {"dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32},
+                  "model": {"dln": {"depth": 4}}, "train": {"steps": 40, "batch_size": 64, "eval_every": 20}},
+}
+TINY_VGG = {
+    "arch": ["vgg_mini"], "norm": ["none", "batch"], "lr": [0.1], "seed": [0, 1],
+    "overrides": {"dataset": {"name": "digits"}, "model": {"vgg": {"width": 0.0625}},
+                  "train": {"steps": 30, "batch_size": 32, "eval_every": 10}},
+}
+
+
+def tiny_spec(output, grids=None, name="tiny", **top) -> dict:
+    return {"name": name, "output": str(output), "device": "cpu", "grid": grids or [TINY_DLN, TINY_VGG], **top}
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def tree_digest(folder: Path) -> str:
+    """A digest of every file's path and bytes below `folder` ('' if it does not exist)."""
+    if not folder.exists():
+        return ""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    """Write a spec dict to a YAML file under tmp_path; returns its path."""
+    def make(spec: dict, name: str = "spec.yaml") -> Path:
+        return write_spec(tmp_path / name, spec)
+    return make

@@ -1,0 +1,113 @@
+"""Data sets: the CIFAR-10 reader on a small CIFAR-10 in torchvision's on-disk format; digits; the DLN task."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bnsweep.data import DATASETS, Cifar10, Cifar10Spec, DigitsSpec, GaussianRegressionSpec, load_data
+from bnsweep.errors import UserError
+
+
+def write_fake_cifar10(root, per_batch=12, seed=0):
+    """Python-pickled batches exactly as in cifar-10-python.tar.gz: {'data': (N, 3072) uint8 CHW rows, 'labels': [N]}."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {"batch_label": f"fake {name}", "labels": rng.integers(0, 10, per_batch).tolist(),
+             "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+             "filenames": [f"img_{i}.png" for i in range(per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f, protocol=2)
+        batches[name] = d
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+                     "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
+    return batches
+
+
+def test_cifar10_reader_on_torchvision_layout(tmp_path, monkeypatch):
+    batches = write_fake_cifar10(tmp_path)
+    spec = Cifar10Spec(root=str(tmp_path))
+    assert Cifar10.missing(spec) is None
+    xtr, ytr, xte, yte = Cifar10.load(spec)
+    assert xtr.shape == (60, 3, 32, 32) and xte.shape == (12, 3, 32, 32)
+    raw = np.concatenate([batches[f"data_batch_{i}"]["data"] for i in range(1, 6)]).reshape(-1, 3, 32, 32) / 255.0
+    mean, std = raw.mean(axis=(0, 2, 3), keepdims=True), raw.std(axis=(0, 2, 3), ddof=1, keepdims=True)
+    np.testing.assert_allclose(xtr.numpy(), (raw - mean) / std, rtol=1e-4, atol=1e-5)
+    assert ytr.tolist() == sum((batches[f"data_batch_{i}"]["labels"] for i in range(1, 6)), [])
+    assert yte.tolist() == batches["test_batch"]["labels"]
+    # torchvision's own reader sees the same images in these files (its md5 check is for the real archive)
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    tv = torchvision.datasets.CIFAR10(str(tmp_path), train=True, download=False)
+    np.testing.assert_array_equal(tv.data.transpose(0, 3, 1, 2) / 255.0, raw)
+    assert tv.targets == ytr.tolist()
+
+
+def test_cifar10_missing_says_how_to_get_it(tmp_path):
+    spec = Cifar10Spec(root=str(tmp_path))
+    assert "download: true" in Cifar10.missing(spec)
+    with pytest.raises(UserError, match="cifar-10-python.tar.gz"):
+        Cifar10.prepare(spec)
+
+
+def spec_for(name, tmp_path):
+    if name == "cifar10":
+        write_fake_cifar10(tmp_path)
+        return Cifar10Spec(root=str(tmp_path))
+    return DATASETS[name].Spec()
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_loads_as_its_info_says(name, tmp_path):
+    spec = spec_for(name, tmp_path)
+    ds = DATASETS[name]
+    data = load_data(spec, "cpu")
+    info = ds.info(spec)
+    assert data.info == info
+    assert data.x_train.shape[1:] == info.input_shape == data.x_test.shape[1:]
+    assert data.x_train.dtype == torch.float32
+    if info.task == "classification":
+        assert data.y_train.dtype == torch.int64 and int(data.y_train.max()) < info.out_dim
+    else:
+        assert data.y_train.shape[1:] == (info.out_dim,)
+    again = DATASETS[name].load(spec)  # deterministic: the same tensors from a fresh read
+    assert torch.equal(again[0], data.x_train) and torch.equal(again[3], data.y_test)
+
+
+def test_digits_split_is_fixed_and_standardised():
+    xtr, ytr, xte, yte = DATASETS["digits"].load(DigitsSpec())
+    assert len(xtr) + len(xte) == 1797 and len(xte) == round(1797 * 0.2)
+    assert abs(xtr.mean().item()) < 1e-5 and abs(xtr.std().item() - 1) < 1e-4
+    other = DATASETS["digits"].load(DigitsSpec(split_seed=1))
+    assert not torch.equal(other[1], ytr)
+
+
+def test_gaussian_regression_targets_are_a_times_x():
+    spec = GaussianRegressionSpec()
+    xtr, ytr, xte, yte = DATASETS["gaussian_regression"].load(spec)
+    assert xtr.shape == (1000, 10) and xte.shape == (1000, 10)
+    a = torch.linalg.lstsq(xtr, ytr).solution.T  # recovers A exactly: the targets are noiseless
+    torch.testing.assert_close(xte @ a.T, yte, rtol=1e-4, atol=1e-4)
+    g = torch.Generator().manual_seed(spec.seed)
+    torch.testing.assert_close(a, torch.randn(10, 10, generator=g), rtol=1e-4, atol=1e-4)  # A ~ N(0, 1), drawn first
+    assert not torch.equal(DATASETS["gaussian_regression"].load(GaussianRegressionSpec(seed=1))[1], ytr)
+
+
+def test_cifar10_augmentation_is_a_crop_of_the_padded_maybe_flipped_image():
+    x = torch.randn(6, 3, 32, 32)
+    out = Cifar10.augment(x, torch.Generator().manual_seed(0))
+    again = Cifar10.augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.shape == x.shape
+    for i in range(len(x)):  # brute force: some (flip, dy, dx) of the reflect-padded image gives sample i
+        found = False
+        for img in (x[i], x[i].flip(2)):
+            p = torch.nn.functional.pad(img[None], (4, 4, 4, 4), mode="reflect")[0]
+            found |= any(torch.equal(p[:, dy:dy + 32, dx:dx + 32], out[i]) for dy in range(9) for dx in range(9))
+        assert found

@@ -1,0 +1,134 @@
+"""Normalisation variants against brute-force per-channel formulas (paper-protocol.md section 2)."""
+
+import math
+
+import pytest
+import torch
+
+from bnsweep.norms import NORMS, BatchNorm, LpNorm, NoisyBatchNorm, NoisyBatchOptions, sample_noise
+
+SHAPES = {"conv": (6, 3, 4, 5), "linear": (32, 3)}
+
+
+def randomise_affine(layer):
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            if getattr(layer, name, None) is not None:
+                getattr(layer, name).copy_(torch.randn_like(getattr(layer, name)))
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+@pytest.mark.parametrize("name", NORMS)
+def test_every_norm_runs_in_both_modes(name, kind):
+    layer = NORMS[name](3, NORMS[name].Options(), torch.Generator().manual_seed(0)).double()
+    x = torch.randn(SHAPES[kind], dtype=torch.float64, requires_grad=True)
+    for train in (True, False):
+        layer.train(train)
+        y = layer(x)
+        assert y.shape == x.shape and torch.isfinite(y).all()
+    layer.train()
+    layer(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def brute_force(x, p, eps, weight, bias):
+    """(x_c - mean(x_c)) / ((mean |x_c|^p)^(1/p) + eps) * w_c + b_c, channel by channel, over N (and H, W)."""
+    out = torch.empty_like(x)
+    for c in range(x.shape[1]):
+        v = x[:, c]
+        flat = v.reshape(-1)
+        scale = flat.abs().max() if math.isinf(p) else flat.abs().pow(p).mean().pow(1 / p)
+        out[:, c] = (v - flat.mean()) / (scale + eps) * weight[c] + bias[c]
+    return out
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+@pytest.mark.parametrize("name", ["l1", "l2", "linf"])
+def test_lp_norm_matches_brute_force(name, kind):
+    layer = NORMS[name](3).double()
+    randomise_affine(layer)
+    x = torch.randn(SHAPES[kind], dtype=torch.float64) * 3 + 1
+    y = layer(x)
+    torch.testing.assert_close(y, brute_force(x, layer.p, layer.eps, layer.weight.detach(), layer.bias.detach()), rtol=1e-12, atol=1e-12)
+    # eval mode: the running mean and scale after one step, lerped from (0, 1) with momentum 0.1
+    dims = [0, *range(2, x.dim())]
+    scale = x.abs().amax(dims) if math.isinf(layer.p) else x.abs().pow(layer.p).mean(dims).pow(1 / layer.p)
+    torch.testing.assert_close(layer.running_mean, 0.1 * x.mean(dims))
+    torch.testing.assert_close(layer.running_scale, 0.9 + 0.1 * scale)
+    layer.eval()
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    expected = (x - layer.running_mean.view(shape)) / (layer.running_scale.view(shape) + layer.eps) * layer.weight.view(shape) + layer.bias.view(shape)
+    torch.testing.assert_close(layer(x), expected.detach())
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_batch_norm_matches_brute_force(kind):
+    layer = NORMS["batch"](3).double()
+    randomise_affine(layer)
+    x = torch.randn(SHAPES[kind], dtype=torch.float64) * 2 - 1
+    out = torch.empty_like(x)
+    for c in range(3):
+        v = x[:, c]
+        out[:, c] = (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + layer.eps) * layer.weight[c] + layer.bias[c]
+    torch.testing.assert_close(layer(x), out.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4096, 8), (64, 8, 6, 6)])
+def test_noisy_batch_noise_follows_algorithm_1(shape):
+    o = NoisyBatchOptions()
+    y = torch.zeros(shape, dtype=torch.float64)
+    mus, sigmas = [], []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # 20 training steps: the per-unit moments change every step
+        s, m = sample_noise(y, o, g)
+        assert s.shape == m.shape == y.shape
+        dims = [0, *range(2, y.dim())]
+        # per element, m ~ U(mu_t - 0.1, mu_t + 0.1): its range per unit is 0.2 wide around mu_t
+        lo, hi = m.amin(dims), m.amax(dims)
+        assert torch.all(hi - lo <= 2 * o.r_mu + 1e-12) and torch.all(hi - lo > 1.9 * o.r_mu)
+        mu = (lo + hi) / 2
+        assert torch.all(mu.abs() <= o.n_mu + 1e-3)
+        # per element, s ~ N(sigma_t, 0.1)
+        sigma, spread = s.mean(dims), s.std(dims)
+        assert torch.all((sigma > 1 - 0.02) & (sigma < o.n_sigma + 0.02))
+        torch.testing.assert_close(spread, torch.full_like(spread, o.r_sigma), atol=0.015, rtol=0)
+        mus.append(mu)
+        sigmas.append(sigma)
+    mus, sigmas = torch.stack(mus), torch.stack(sigmas)
+    # over steps, mu_t and sigma_t fill their ranges (uniform): not constant, not out of range
+    assert mus.min() < -0.3 and mus.max() > 0.3 and sigmas.min() < 1.06 and sigmas.max() > 1.19
+    assert mus.std(0).min() > 0.1
+
+
+def test_noisy_batch_applies_noise_after_batch_norm_in_training_only():
+    x = torch.randn(16, 4, 3, 3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    noisy = NoisyBatchNorm(4, NoisyBatchOptions(), g).double()
+    plain = BatchNorm(4).double()
+    state = g.get_state()
+    y = noisy(x)
+    g.set_state(state)
+    bn = plain(x)  # one training-mode call each, so both running statistics moved once
+    s, m = sample_noise(bn, NoisyBatchOptions(), g)
+    torch.testing.assert_close(y, s * bn + m)
+    noisy.eval(), plain.eval()
+    before = g.get_state()
+    torch.testing.assert_close(noisy(x), plain(x))
+    assert torch.equal(g.get_state(), before)  # eval mode draws nothing
+
+
+def test_noisy_batch_same_seed_same_noise():
+    x = torch.randn(16, 4)
+    a = NoisyBatchNorm(4, NoisyBatchOptions(), torch.Generator().manual_seed(3))
+    b = NoisyBatchNorm(4, NoisyBatchOptions(), torch.Generator().manual_seed(3))
+    c = NoisyBatchNorm(4, NoisyBatchOptions(), torch.Generator().manual_seed(4))
+    ya, yb, yc = a(x), b(x), c(x)
+    assert torch.equal(ya, yb) and not torch.equal(ya, yc)
+    assert not torch.equal(a(x), ya)  # a new draw every step
+
+
+def test_lp_scale_is_taken_before_centring():
+    """A channel shifted by a constant has a larger l_p scale (the paper's 'before shifting the mean')."""
+    layer = LpNorm.__subclasses__()[1](1)  # l2
+    x = torch.randn(1000, 1)
+    assert layer.scale(x + 5).item() > 4 * layer.scale(x).item()
