@@ -29,6 +29,7 @@ RAY_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # no experiment banner: bnsweep prints its own progress
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial CSV/JSON/TensorBoard: Parquet is the record
 }
 
 
