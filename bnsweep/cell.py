@@ -18,7 +18,9 @@ from bnsweep.records import Store, table
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainResult, train_cell
 
-RESULT_TABLES = ("steps", "evals")
+from bnsweep.measure import MEASURES
+
+RESULT_TABLES = ("steps", "evals", *MEASURES)
 
 
 def provenance(device: str, node_id: str) -> dict:
@@ -41,7 +43,16 @@ def cells_row(cell: CellConfig, res: TrainResult | None, started: dt.datetime, w
         "train_s": res.train_s if res else None, "eval_s": res.eval_s if res else None,
         **provenance(res.device if res else cell.device, node_id),
         "config_json": cell.model_dump_json(),
+        **{f"{name}_s": s for name, s in (res.measure_s if res else {}).items()},
     }
+
+
+def columns(rows: list[dict], name: str) -> dict[str, list]:
+    """Row dicts -> the columns of table `name` (key columns are added by `table`)."""
+    from bnsweep.records import KEYS, SCHEMAS
+
+    keys = {f.name for f in KEYS}
+    return {f.name: [r.get(f.name) for r in rows] for f in SCHEMAS[name] if f.name not in keys}
 
 
 def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str | None = None) -> dict:
@@ -56,7 +67,9 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
         traceback.print_exc()
     if res is not None:
         store.write("steps", cell, table("steps", cell, res.steps))
-        store.write("evals", cell, table("evals", cell, {k: [r[k] for r in res.evals] for k in ("step", "split", "loss", "accuracy")}))
+        store.write("evals", cell, table("evals", cell, columns(res.evals, "evals")))
+        for name, rows in res.measure_rows.items():
+            store.write(name, cell, table(name, cell, columns(rows, name)))
     else:  # leave no rows of an earlier, interrupted attempt beside a failed cell
         for name in RESULT_TABLES:
             store.delete(name, cell)

@@ -7,7 +7,10 @@ biases zero [P]. "Layer #k" is the k-th weight layer from the input: `weight_lay
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
 
 import torch.nn as nn
 from pydantic import Field
@@ -149,3 +152,26 @@ def build_model(arch: str, options: Options, norm_layer: NormLayer, info: Datase
     cls = MODELS[arch]
     cls.check(arch, info)
     return cls.build(arch, options, norm_layer, info)
+
+
+def layer_outputs(model: nn.Module) -> list[nn.Module]:
+    """For each weight layer #k, the module whose output is that layer's pre-activation: the norm
+    layer after it (after noise, before the ReLU), or the weight layer itself when none follows."""
+    out: list[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            out.append(m)
+        elif isinstance(m, NORM_TYPES) and out:
+            out[-1] = m
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def count_weight_layers(arch: str, options: Options, info: DatasetInfo) -> int:
+    """How many weight layers `arch` has on this data, without allocating it (meta device)."""
+    with torch.device("meta"):
+        return len(weight_layers(build_model(arch, options, norm_layer_none, info)))
+
+
+def norm_layer_none(num_features: int) -> nn.Module:
+    return nn.Identity()

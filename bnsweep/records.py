@@ -19,6 +19,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from bnsweep.measure import MEASURES, ROW_COLUMNS
+
 KEYS = [
     pa.field("cell_id", pa.string(), nullable=False),
     pa.field("sweep", pa.string(), nullable=False),
@@ -46,6 +48,10 @@ SCHEMAS: dict[str, pa.Schema] = {
     "evals": pa.schema(KEYS + [("step", pa.int64()), ("split", pa.string()), ("loss", pa.float64()), ("accuracy", pa.float64())]),
 }
 # the `lr` key column doubles as the steps table's per-step learning rate (constant schedule)
+
+for _name, _cls in MEASURES.items():  # one table per measurement, and its cost on the cells row
+    SCHEMAS[_name] = pa.schema(KEYS + ROW_COLUMNS + _cls.columns)
+    SCHEMAS["cells"] = SCHEMAS["cells"].append(pa.field(f"{_name}_s", pa.float64()))
 
 DONE = ("done", "diverged")  # statuses that are results; `failed` cells run again
 

@@ -16,7 +16,8 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, ValidationError, crea
 
 from bnsweep.data import DATASETS, DatasetInfo
 from bnsweep.errors import UserError, register_model, unknown, validation_error
-from bnsweep.models import MODEL_FAMILIES, MODELS
+from bnsweep.measure import MeasureSpec, layered
+from bnsweep.models import MODEL_FAMILIES, MODELS, count_weight_layers
 from bnsweep.norms import NORMS, Options
 
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
@@ -69,6 +70,7 @@ class Settings(Options):
     train: TrainSpec = Field(default_factory=TrainSpec)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the cell was given a GPU, else CPU.")
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
+    measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -144,6 +146,7 @@ class CellConfig(Options):
     train: TrainSpec
     device: Literal["auto", "cpu", "cuda"]
     resources: Resources
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
 
     def model_opts(self) -> Options:
         return MODELS[self.arch].Options(**self.model)
@@ -157,6 +160,9 @@ class CellConfig(Options):
     def identity(self) -> dict[str, Any]:
         """The fields that change the result: not where it runs, nor where the data sits."""
         d = self.model_dump(mode="json", exclude={"device", "resources"})
+        d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if not d["measure"]:  # cells without measurements keep the ids they always had
+            del d["measure"]
         for k in ("root", "download"):
             d["dataset"].pop(k, None)
         d["train_version"] = TRAIN_VERSION
@@ -169,9 +175,12 @@ class CellConfig(Options):
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """`over` deep-merged into `base`; a section naming another variant (a dataset) replaces it."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        switch = isinstance(v, dict) and isinstance(old, dict) and "name" in v and v["name"] != old.get("name")
+        out[k] = _merge(old, v) if isinstance(v, dict) and isinstance(old, dict) and not switch else v
     return out
 
 
@@ -201,12 +210,16 @@ def expand(spec: SweepSpec) -> list[CellConfig]:
                 MODELS[arch].check(arch, info)
             except UserError as e:
                 raise UserError(f"{where}: {e}") from None
+            n = count_weight_layers(arch, getattr(s.model, MODELS[arch].family), info)
+            for name, layers in layered(s.measure):
+                if bad := [k for k in layers if not 1 <= k <= n]:
+                    raise UserError(f"{where}: measure.{name}.layers: {bad} out of range for arch {arch!r}, whose weight layers are #1..#{n}")
         for arch, norm, lr, seed in itertools.product(g.arch, g.norm, g.lr, g.seed):
             cell = CellConfig(
                 sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
                 model=getattr(s.model, MODELS[arch].family).model_dump(),
                 norm_options=getattr(s.norm_options, norm).model_dump(),
-                train=s.train, device=s.device, resources=s.resources,
+                train=s.train, device=s.device, resources=s.resources, measure=s.measure,
             )
             if cell.cell_id in cells:
                 raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bnsweep.data import DATASETS, Data, load_data
+from bnsweep.measure import Measurements
 from bnsweep.models import build_model
 from bnsweep.norms import norm_layer
 from bnsweep.spec import CellConfig
@@ -34,6 +35,8 @@ class TrainResult:
     diverged_step: int | None = None
     train_s: float = 0.0
     eval_s: float = 0.0
+    measure_rows: dict[str, list[dict]] = field(default_factory=dict)  # measurement -> rows
+    measure_s: dict[str, float] = field(default_factory=dict)  # measurement -> seconds
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -111,6 +114,7 @@ def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
     order = BatchOrder(len(data.x_train), t.batch_size, _generator(cell.seed, 0, torch.device("cpu")), dev)
     augment = DATASETS[cell.dataset.name].augment if t.augment else None
     aug_gen = _generator(cell.seed, 2, dev)
+    probes = Measurements(cell.measure, model, t.steps, cell.seed)
 
     losses = torch.empty(t.steps, device=dev, dtype=torch.float64)
     accs = torch.empty(t.steps, device=dev, dtype=torch.float64)
@@ -126,10 +130,12 @@ def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
         x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
         if augment is not None:
             x = augment(x, aug_gen)
+        probes.before_forward(step)
         out = model(x)
         loss = lf(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        probes.after_backward(step, opt, x, y, lf, loss)  # the one measurement point: w and g of this step
         opt.step()
         losses[step] = loss.detach()
         if classification:
@@ -156,7 +162,8 @@ def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
         te = time.perf_counter()
         res.evals += evaluate(model, data, t.steps, t.eval_batch_size)
         res.eval_s += time.perf_counter() - te
-    res.train_s = time.perf_counter() - t0 - res.eval_s
+    res.measure_rows, res.measure_s = probes.rows, probes.cost()
+    res.train_s = time.perf_counter() - t0 - res.eval_s - sum(res.measure_s.values())
     res.steps = {
         "step": list(range(n)),
         "loss": losses[:n].double().cpu().tolist(),

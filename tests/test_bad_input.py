@@ -111,3 +111,12 @@ def test_model_level_errors_do_not_echo_the_spec(tmp_path, capsys):
     assert main(["validate", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "(got" not in err and "(top level)" not in err and len(err) < 250
+
+
+def test_override_to_another_dataset_replaces_the_section(tmp_path):
+    from bnsweep.specfile import load_cells
+
+    top = {"name": "cifar10", "root": str(tmp_path), "download": True}
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN], dataset=top))
+    _, cells = load_cells(spec)
+    assert {c.dataset.name for c in cells} == {"gaussian_regression"} and cells[0].dataset.samples == 64

@@ -18,7 +18,10 @@ from conftest import ROOT, TINY_DLN, TINY_VGG, tiny_spec, tree_digest, write_spe
 
 pytestmark = pytest.mark.ray
 KEY_NAMES = [f.name for f in KEYS]
-TIMING = ["started_at", "finished_at", "wall_s", "train_s", "eval_s", "node_id", "hostname"]
+TIMING = ["started_at", "finished_at", "wall_s", "train_s", "eval_s", "node_id", "hostname", "ics_s", "landscape_s", "activations_s", "curvature_s"]
+# every measurement, cheaply: so every table is written through Ray too
+MEASURE = {"ics": {"every": 10, "layers": [2]}, "landscape": {"every": 10, "eta": {"points": 2}},
+           "activations": {"every": 10, "layers": [1]}, "curvature": {"steps": [5], "iterations": 3}}
 
 
 def scan(out, name):
@@ -34,6 +37,11 @@ def assert_complete(out, cells):
     assert e.group_by("cell_id", "step", "split").len()["len"].max() == 1
     steps_per_cell = dict(s.group_by("cell_id").len().iter_rows())
     assert steps_per_cell == dict(c.select("cell_id", "steps_done").iter_rows())
+    for name, key in (("ics", ["layer"]), ("landscape", ["eta"]), ("activations", ["layer"]), ("curvature", [])):
+        if (out / name).exists():  # measurement rows: exactly once per (cell, step, what)
+            m = scan(out, name)
+            assert m.group_by("cell_id", "step", *key).len()["len"].max() == 1, name
+            assert set(m["cell_id"]) <= set(c["cell_id"])
     return c, s, e
 
 
@@ -41,7 +49,7 @@ def assert_complete(out, cells):
 def finished(tmp_path_factory):
     """One tiny sweep (12 cells: DLN and VGG, none and batch), run once through `bnsweep run`."""
     tmp = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(tmp / "spec.yaml", tiny_spec(tmp / "out"))
+    spec = write_spec(tmp / "spec.yaml", tiny_spec(tmp / "out", measure=MEASURE))
     assert main(["run", str(spec)]) == 0
     return spec, tmp / "out"
 
@@ -88,7 +96,7 @@ def test_second_run_executes_nothing(finished, capsys):
 def test_a_new_seed_runs_only_the_new_cells(finished, tmp_path, capsys):
     spec, out = finished
     before = scan(out, "cells").select("cell_id", "started_at")
-    grown = tiny_spec(out, grids=[{**TINY_DLN, "seed": [0, 1, 2]}, TINY_VGG])
+    grown = tiny_spec(out, grids=[{**TINY_DLN, "seed": [0, 1, 2]}, TINY_VGG], measure=MEASURE)
     capsys.readouterr()
     assert main(["run", str(write_spec(tmp_path / "grown.yaml", grown))]) == 0
     assert "16 cells: 12 already have results, 4 to run" in capsys.readouterr().out
@@ -99,7 +107,7 @@ def test_a_new_seed_runs_only_the_new_cells(finished, tmp_path, capsys):
 def test_same_spec_same_seed_identical_tables(finished, tmp_path):
     spec, out = finished
     again = tmp_path / "again"
-    assert main(["run", str(write_spec(tmp_path / "again.yaml", tiny_spec(again)))]) == 0
+    assert main(["run", str(write_spec(tmp_path / "again.yaml", tiny_spec(again, measure=MEASURE)))]) == 0
     for name in SCHEMAS:
         a = scan(out, name).drop(TIMING, strict=False).sort(pl.all())
         b = scan(again, name).drop(TIMING, strict=False).sort(pl.all())
@@ -138,7 +146,8 @@ def _settle(folder, quiet_s=4.0, limit_s=60.0) -> int:
 def test_sigkill_half_way_then_rerun_finishes_exactly_once(tmp_path):
     slow = {**TINY_VGG, "seed": [0, 1, 2, 3], "lr": [0.05, 0.1],
             "overrides": {**TINY_VGG["overrides"], "train": {"steps": 1500, "batch_size": 32, "eval_every": 100}}}
-    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[slow], name="killed"))
+    sparse = {k: {**v, "every": 100} if "every" in v else v for k, v in MEASURE.items()}
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[slow], name="killed", measure=sparse))
     _, cells = load_cells(spec)
     cmd = [sys.executable, "-m", "bnsweep", "run", str(spec)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -1,0 +1,48 @@
+"""Internal covariate shift, Definition 2.1 of Santurkar et al. (2018), Fig. 3.
+
+G = dL/dW_i at step t; G' = dL/dW_i on the same batch after layers 1..i-1 (every parameter
+registered before W_i: weights, biases, norm affines) took their actual step-t update, layers
+>= i unchanged. Rows: ||G - G'||_2 (raw), cos(G, G'), ||G||, ||G'||.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+from pydantic import Field
+
+from bnsweep.measure.base import Measurement
+from bnsweep.measure.probe import StepContext, norm2
+from bnsweep.measure.schedule import Schedule
+from bnsweep.models import weight_layers
+
+
+class IcsOptions(Schedule):
+    layers: list[int] = Field(min_length=1, description="Weight layers #k, counted from the input from 1 (VGG #5, #10; DLN #9, #17 in the paper) [P].")
+
+
+def weight_names(model) -> list[str]:
+    """Parameter name of each weight layer's weight, in forward order."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [by_id[id(m.weight)] for m in weight_layers(model)]
+
+
+class Ics(Measurement):
+    name = "ics"
+    Options = IcsOptions
+    columns = [("layer", pa.int64()), ("l2", pa.float64()), ("cosine", pa.float64()),
+               ("grad_norm", pa.float64()), ("grad_prime_norm", pa.float64())]
+
+    def after_backward(self, ctx: StepContext) -> list[dict]:
+        names = [n for n, _ in ctx.model.named_parameters()]
+        w, moved_all, g = ctx.params(), ctx.stepped(), ctx.grad()
+        rows = []
+        for k in self.options.layers:
+            target = weight_names(ctx.model)[k - 1]
+            before = set(names[: names.index(target)])  # layers 1..k-1 and their norms
+            moved = {n: moved_all[n] if n in before else w[n] for n in names}
+            _, gp = ctx.grad_at(moved, wrt=[target])
+            a, b = g[target].double(), gp[target].double()
+            rows.append({"layer": k, "l2": norm2([a - b]), "cosine": float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)),
+                         "grad_norm": norm2([a]), "grad_prime_norm": norm2([b])})
+        return rows

@@ -1,0 +1,63 @@
+"""Loss landscape, gradient predictiveness and effective beta-smoothness (Figs. 4, 10-13; App. A.2.2).
+
+At a probed step with gradient g (all parameters), for each eta: loss(w - eta g) and
+||grad(w) - grad(w - eta g)||_2. smoothness = that norm / (eta ||g||); beta_eff = its max over
+eta, repeated on each of the step's rows so it can be read without recomputing [I].
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from bnsweep.measure.base import Measurement
+from bnsweep.measure.probe import StepContext, norm2
+from bnsweep.measure.schedule import Schedule
+from bnsweep.norms import Options
+
+
+class EtaGrid(Options):
+    from_: float = Field(0.5, gt=0, alias="from", description="Smallest step (VGG: lr/2 [P]; DLN: lr/100 [P]).")
+    to: float = Field(4.0, gt=0, description="Largest step (VGG: 4 lr [P]; DLN: 30 lr [P]).")
+    points: int = Field(8, ge=1, description="Number of steps; unknown in the paper [U].")
+    spacing: Literal["log", "linear"] = "log"
+    relative_to: Literal["lr", "none"] = Field("lr", description="lr: from/to are multiples of the cell's learning rate; none: absolute.")
+
+    model_config = {**Options.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.to < self.from_:
+            raise ValueError(f"eta.to ({self.to:g}) must be >= eta.from ({self.from_:g})")
+        return self
+
+    def values(self, lr: float) -> list[float]:
+        space = np.geomspace if self.spacing == "log" else np.linspace
+        scale = lr if self.relative_to == "lr" else 1.0
+        return [float(v) * scale for v in space(self.from_, self.to, self.points)]
+
+
+class LandscapeOptions(Schedule):
+    eta: EtaGrid = Field(default_factory=EtaGrid, description="Step sizes along -g.")
+
+
+class Landscape(Measurement):
+    name = "landscape"
+    Options = LandscapeOptions
+    columns = [("eta", pa.float64()), ("eta_rel", pa.float64()), ("loss", pa.float64()), ("grad_diff_l2", pa.float64()),
+               ("grad_norm", pa.float64()), ("loss_at_w", pa.float64()), ("smoothness", pa.float64()), ("beta_eff", pa.float64())]
+
+    def after_backward(self, ctx: StepContext) -> list[dict]:
+        w, g = ctx.params(), ctx.grad()
+        g_norm = norm2(g.values())
+        rows = []
+        for eta in self.options.eta.values(ctx.lr):
+            loss, g_eta = ctx.grad_at({n: w[n] - eta * g[n] for n in w})
+            diff = norm2([g[n] - g_eta[n] for n in w])
+            rows.append({"eta": eta, "eta_rel": eta / ctx.lr, "loss": loss, "grad_diff_l2": diff, "grad_norm": g_norm,
+                         "loss_at_w": ctx.loss, "smoothness": diff / (eta * g_norm) if g_norm > 0 else float("nan")})
+        beta = max((r["smoothness"] for r in rows), default=float("nan"))
+        return [{**r, "beta_eff": beta} for r in rows]

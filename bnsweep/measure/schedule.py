@@ -1,0 +1,44 @@
+"""When a measurement runs: every k steps, log-spaced, or an explicit list (cf. cockpit's schedules).
+
+A schedule resolves to the same step set in every cell with the same number of steps, so cells
+compare step by step; step 0 and the last step (steps - 1) are always included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from bnsweep.norms import Options
+
+
+class LogSpacing(Options):
+    points: int = Field(ge=2, description="Number of log-spaced steps between 1 and the last step (plus step 0).")
+
+
+class Schedule(Options):
+    """Exactly one of `every`, `log` or `steps`."""
+
+    every: int | None = Field(None, gt=0, description="Measure every k steps.")
+    log: LogSpacing | None = Field(None, description="Measure at log-spaced steps (dense early, sparse late).")
+    steps: list[int] | None = Field(None, min_length=1, description="Measure at exactly these steps (0-based).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        given = [k for k in ("every", "log", "steps") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a schedule needs exactly one of every, log, steps (got {', '.join(given) or 'none'})")
+        if self.steps is not None and min(self.steps) < 0:
+            raise ValueError(f"steps must be >= 0 (got {min(self.steps)})")
+        return self
+
+    def resolve(self, total: int) -> frozenset[int]:
+        """The steps in [0, total) to measure at."""
+        last = total - 1
+        if self.every is not None:
+            chosen = set(range(0, total, self.every))
+        elif self.log is not None:
+            chosen = set(np.unique(np.round(np.logspace(0, np.log10(max(last, 1)), self.log.points))).astype(int).tolist())
+        else:
+            chosen = {s for s in self.steps if s <= last}
+        return frozenset(chosen | {0, last})
