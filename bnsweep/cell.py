@@ -6,6 +6,7 @@ This is what a Ray trial calls, and what a bare loop calls; it knows nothing of 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import platform
 import socket
 import time
@@ -39,6 +40,7 @@ def cells_row(cell: CellConfig, res: TrainResult | None, started: dt.datetime, w
         "status": res.status if res else "failed",
         "steps_done": len(res.steps["step"]) if res else 0,
         "diverged_step": res.diverged_step if res else None, "error": error,
+        "resumed_from": res.resumed_from if res else None,
         "started_at": started, "finished_at": started + dt.timedelta(seconds=wall_s), "wall_s": wall_s,
         "train_s": res.train_s if res else None, "eval_s": res.eval_s if res else None,
         **provenance(res.device if res else cell.device, node_id),
@@ -56,12 +58,20 @@ def columns(rows: list[dict], name: str) -> dict[str, list]:
 
 
 def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str | None = None) -> dict:
-    """Train `cell` and write its rows; a crash is recorded as status `failed`, not raised."""
+    """Train `cell` (from its last checkpoint, if an earlier attempt left one) and write its rows.
+
+    A Python exception is recorded as status `failed`, not raised; the checkpoint is removed once
+    the cell's tables are written, or when it failed.
+    """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     res, error = None, None
+    ckpt = store.checkpoint_path(cell)
     try:
-        res = train_cell(cell, device=device)
+        blob = store.get(ckpt) if cell.checkpoint_every else None
+        resume = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False) if blob else None
+        save = lambda state: store.put(ckpt, _serialise(state))
+        res = train_cell(cell, device=device, resume=resume, checkpoint=save, checkpoint_every=cell.checkpoint_every)
     except Exception as e:  # the sweep goes on; the cell runs again next time
         error = f"{type(e).__name__}: {e}"[:2000]
         traceback.print_exc()
@@ -75,4 +85,11 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
             store.delete(name, cell)
     row = cells_row(cell, res, started, time.perf_counter() - t0, node_id, error)
     store.write("cells", cell, table("cells", cell, {k: [v] for k, v in row.items()}))
+    store.remove(ckpt)
     return {"cell_id": cell.cell_id, "status": row["status"], "wall_s": row["wall_s"], "error": error}
+
+
+def _serialise(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()

@@ -37,6 +37,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("momentum", pa.float64()), ("weight_decay", pa.float64()), ("augment", pa.bool_()),
         ("status", pa.string()),  # done | diverged | failed
         ("steps_done", pa.int64()), ("diverged_step", pa.int64()), ("error", pa.string()),
+        ("resumed_from", pa.int64()),  # step at which a checkpoint of an interrupted attempt was resumed
         ("started_at", _ts), ("finished_at", _ts), ("wall_s", pa.float64()),
         ("train_s", pa.float64()), ("eval_s", pa.float64()),
         ("node_id", pa.string()), ("hostname", pa.string()), ("device", pa.string()),
@@ -88,28 +89,49 @@ class Store:
     def path(self, name: str, cell) -> str:
         return f"{self.folder(name, cell.sweep)}/arch={cell.arch}/norm={cell.norm}/{cell.cell_id}.parquet"
 
-    def write(self, name: str, cell, t: pa.Table) -> None:
-        """Write one cell's table so that readers see the whole file or nothing."""
-        path = self.path(name, cell)
-        parent = path.rsplit("/", 1)[0]
+    def put(self, path: str, data: bytes) -> None:
+        """Write `data` at `path` so that readers see the whole file or nothing."""
+        parent, base = path.rsplit("/", 1)
         self.fs.create_dir(parent, recursive=True)
         if not self.local:  # an object store PUT is atomic
             with self.fs.open_output_stream(path) as f:
-                pq.write_table(t, f)
+                f.write(data)
             return
-        tmp = f"{parent}/.{cell.cell_id}.{uuid.uuid4().hex}.tmp"  # hidden from readers
+        tmp = f"{parent}/.{base}.{uuid.uuid4().hex}.tmp"  # hidden from readers
         try:
             with self.fs.open_output_stream(tmp) as f:
-                pq.write_table(t, f)
+                f.write(data)
             self.fs.move(tmp, path)  # rename: atomic on POSIX
         finally:
             if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
                 self.fs.delete_file(tmp)
 
-    def delete(self, name: str, cell) -> None:
-        path = self.path(name, cell)
+    def get(self, path: str) -> bytes | None:
+        """The bytes at `path`, or None if there is no such file."""
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except (FileNotFoundError, OSError) as e:
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            raise e
+
+    def remove(self, path: str) -> None:
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             self.fs.delete_file(path)
+
+    def write(self, name: str, cell, t: pa.Table) -> None:
+        """Write one cell's table atomically."""
+        buf = pa.BufferOutputStream()
+        pq.write_table(t, buf)
+        self.put(self.path(name, cell), buf.getvalue().to_pybytes())
+
+    def delete(self, name: str, cell) -> None:
+        self.remove(self.path(name, cell))
+
+    def checkpoint_path(self, cell) -> str:
+        """Where a running cell keeps its resumable state (removed once its tables are written)."""
+        return f"{self.root}/_checkpoints/sweep={cell.sweep}/{cell.cell_id}.pt"
 
     def read(self, name: str, sweep: str) -> pa.Table:
         """One table of one sweep (empty if none was written yet)."""

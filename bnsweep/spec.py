@@ -71,6 +71,7 @@ class Settings(Options):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the cell was given a GPU, else CPU.")
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
     measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
+    checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -147,6 +148,7 @@ class CellConfig(Options):
     device: Literal["auto", "cpu", "cuda"]
     resources: Resources
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    checkpoint_every: int = 1000
 
     def model_opts(self) -> Options:
         return MODELS[self.arch].Options(**self.model)
@@ -158,8 +160,8 @@ class CellConfig(Options):
         return DATASETS[self.dataset.name].info(self.dataset)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that change the result: not where it runs, nor where the data sits."""
-        d = self.model_dump(mode="json", exclude={"device", "resources"})
+        """The fields that change the result: not where it runs, how often it checkpoints, nor where the data sits."""
+        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every"})
         d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
         if not d["measure"]:  # cells without measurements keep the ids they always had
             del d["measure"]
@@ -220,6 +222,7 @@ def expand(spec: SweepSpec) -> list[CellConfig]:
                 model=getattr(s.model, MODELS[arch].family).model_dump(),
                 norm_options=getattr(s.norm_options, norm).model_dump(),
                 train=s.train, device=s.device, resources=s.resources, measure=s.measure,
+                checkpoint_every=s.checkpoint_every,
             )
             if cell.cell_id in cells:
                 raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")

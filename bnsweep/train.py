@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ class TrainResult:
     eval_s: float = 0.0
     measure_rows: dict[str, list[dict]] = field(default_factory=dict)  # measurement -> rows
     measure_s: dict[str, float] = field(default_factory=dict)  # measurement -> seconds
+    resumed_from: int | None = None  # the step an interrupted attempt's checkpoint resumed at
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -99,8 +100,13 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 1000 + stream)
 
 
-def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
-    """Train one cell from scratch and return its step and evaluation records."""
+def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None = None,
+               checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0) -> TrainResult:
+    """Train one cell and return its step, evaluation and measurement records.
+
+    `resume` is a state an earlier attempt passed to `checkpoint` (every `checkpoint_every` steps);
+    training from it continues exactly as the uninterrupted run would have (bit for bit on CPU).
+    """
     dev = resolve_device(device or cell.device)
     data = load_data(cell.dataset, str(dev))
     classification = data.info.task == "classification"
@@ -115,17 +121,28 @@ def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
     augment = DATASETS[cell.dataset.name].augment if t.augment else None
     aug_gen = _generator(cell.seed, 2, dev)
     probes = Measurements(cell.measure, model, t.steps, cell.seed)
+    gens = {"noise": noise, "order": order.g, "augment": aug_gen}
 
     losses = torch.empty(t.steps, device=dev, dtype=torch.float64)
     accs = torch.empty(t.steps, device=dev, dtype=torch.float64)
     res = TrainResult(status="done", device=str(dev))
+    limit, checked, start, spent = math.inf, 0, 0, {}  # checked: steps [0, checked) passed the divergence test
     t0 = time.perf_counter()
-    res.evals += evaluate(model, data, 0, t.eval_batch_size)
-    res.eval_s += time.perf_counter() - t0
-    limit = math.inf
-    checked = 0  # steps [0, checked) have been checked for divergence
+    if resume is None:
+        res.evals += evaluate(model, data, 0, t.eval_batch_size)
+        res.eval_s += time.perf_counter() - t0
+    else:
+        start, limit, checked = resume["step"], resume["limit"], resume["checked"]
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        for k, g in gens.items():
+            g.set_state(resume["generators"][k])
+        order.perm, order.pos = (resume["order"][0].to(dev) if resume["order"][0] is not None else None), resume["order"][1]
+        losses[:start], accs[:start] = resume["losses"].to(dev), resume["accs"].to(dev)
+        res.evals, probes.rows, spent = resume["evals"], resume["measure_rows"], resume["seconds"]
+        res.resumed_from = start
     model.train()
-    for step in range(t.steps):
+    for step in range(start, t.steps):
         idx = order.next()
         x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
         if augment is not None:
@@ -143,7 +160,8 @@ def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
 
         done = step + 1
         eval_due = t.eval_every and done % t.eval_every == 0 and done < t.steps
-        if done % CHECK_EVERY == 0 or eval_due or done == t.steps:
+        save_due = checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < t.steps
+        if done % CHECK_EVERY == 0 or eval_due or save_due or done == t.steps:
             window = losses[checked:done]
             if checked == 0:
                 limit = t.divergence_factor * abs(window[0].item())
@@ -156,17 +174,35 @@ def train_cell(cell: CellConfig, device: str | None = None) -> TrainResult:
             te = time.perf_counter()
             res.evals += evaluate(model, data, done, t.eval_batch_size)
             res.eval_s += time.perf_counter() - te
+        if save_due:
+            checkpoint({
+                "step": done, "limit": limit, "checked": checked,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "generators": {k: g.get_state() for k, g in gens.items()},
+                "order": (order.perm.cpu() if order.perm is not None else None, order.pos),
+                "losses": losses[:done].cpu(), "accs": accs[:done].cpu(),
+                "evals": res.evals, "measure_rows": probes.rows,
+                "seconds": _seconds(res, probes, t0, spent),
+            })
 
     n = t.steps if res.diverged_step is None else res.diverged_step + 1
     if res.status == "done":
         te = time.perf_counter()
         res.evals += evaluate(model, data, t.steps, t.eval_batch_size)
         res.eval_s += time.perf_counter() - te
-    res.measure_rows, res.measure_s = probes.rows, probes.cost()
-    res.train_s = time.perf_counter() - t0 - res.eval_s - sum(res.measure_s.values())
+    total = _seconds(res, probes, t0, spent)
+    res.train_s, res.eval_s = total.pop("train"), total.pop("eval")
+    res.measure_rows, res.measure_s = probes.rows, total
     res.steps = {
         "step": list(range(n)),
         "loss": losses[:n].double().cpu().tolist(),
         "accuracy": accs[:n].double().cpu().tolist() if classification else [None] * n,
     }
     return res
+
+
+def _seconds(res: TrainResult, probes: Measurements, t0: float, before: dict) -> dict[str, float]:
+    """Time spent so far in training, evaluation and each measurement, earlier attempts included."""
+    cost = probes.cost()
+    now = {"train": time.perf_counter() - t0 - res.eval_s - sum(cost.values()), "eval": res.eval_s, **cost}
+    return {k: now.get(k, 0.0) + before.get(k, 0.0) for k in {*now, *before}}
