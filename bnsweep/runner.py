@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from bnsweep.cell import run_cell
 from bnsweep.data import DATASETS
 from bnsweep.errors import UserError
+from bnsweep.lock import RunLock
 from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 
@@ -84,19 +85,22 @@ def _progress_callback(total: int, tty: bool):
                 print(text, flush=True)
             self.last = text
 
+        def count_running(self, trials, ended=None) -> None:
+            self.running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.running += 1
+            self.count_running(trials)
             if tty:
                 self.show()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.running -= 1
+            self.count_running(trials, ended=trial)
             status = (trial.last_result or {}).get("status", "failed")
             self.counts[status if status in self.counts else "failed"] += 1
             self.show()
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.running -= 1
+            self.count_running(trials, ended=trial)
             self.counts["failed"] += 1
             self.show()
 
@@ -123,6 +127,41 @@ def local_node() -> dict:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
+def autoscaler_node_types(path: str = "~/ray_bootstrap_config.yaml") -> list[dict]:
+    """Resources of the node types an autoscaling cluster can start (the config `ray up` leaves on the head)."""
+    import yaml
+
+    p = os.path.expanduser(os.environ.get("BNSWEEP_AUTOSCALER_CONFIG", path))
+    if not os.path.isfile(p):
+        return []
+    with open(p) as f:
+        types = (yaml.safe_load(f) or {}).get("available_node_types") or {}
+    return [t.get("resources") or {} for t in types.values() if (t.get("max_workers", 1) or 0) > 0 or t.get("resources", {}).get("CPU")]
+
+
+def cluster_nodes(ray) -> list[dict]:
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def check_shared(ray, store: Store, path: str) -> None:
+    """Every node must see the file the driver just wrote: a node-local output would lose results."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not store.local:
+        return
+    probe = ray.remote(num_cpus=0)(_sees)
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(store.uri, path)
+                    for n in nodes], timeout=120)
+    if blind := [n[:8] for n, ok in zip(nodes, seen) if not ok]:
+        raise UserError(f"output {store.uri} is not shared: nodes {', '.join(blind)} cannot see what the driver wrote there; "
+                        "use a shared mount or s3:// / gs://")
+
+
+def _sees(uri: str, path: str) -> bool:
+    return Store(uri).get(path) is not None
+
+
 def pending_cells(cells: list[CellConfig], store: Store) -> list[CellConfig]:
     finished = store.finished(cells[0].sweep) if cells else {}
     return [c for c in cells if c.cell_id not in finished]
@@ -134,34 +173,76 @@ def prepare_data(cells: list[CellConfig]) -> None:
         DATASETS[spec.name].prepare(spec)
 
 
-def run(cells: list[CellConfig], output: str, address: str | None = None, max_concurrent: int | None = None) -> Outcome:
-    """Run every cell of `cells` that has no result under `output` yet."""
-    store = Store(output)
-    todo = pending_cells(cells, store)
-    outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
-    if todo and address is None:
-        check_resources(todo, [local_node()], "this machine")
-    print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
-    if not todo:
-        return outcome
-    prepare_data(todo)
-
+def _connect(address: str | None):
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
     import logging
 
     import ray
-    from ray import tune
 
     if address is None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
-    else:
+        return ray
+    _reachable(address)
+    try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({str(e).splitlines()[0][:200]})") from None
+    return ray
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", ray://: Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e.strerror or e})") from None
+
+
+def run(cells: list[CellConfig], output: str, address: str | None = None, max_concurrent: int | None = None,
+        max_failures: int = 3) -> Outcome:
+    """Run every cell of `cells` that has no result under `output` yet.
+
+    A trial lost with its node is retried up to `max_failures` times, on any node, from its cell's
+    last checkpoint in the output store.
+    """
+    store = Store(output)
+    ray = None
+    try:
+        if address is None:
+            check_resources(cells, [local_node()], "this machine")
+        else:
+            ray = _connect(address)
+            nodes = cluster_nodes(ray)
+            check_resources(cells, nodes + autoscaler_node_types(), f"the cluster at {address}")
+        with RunLock(store, cells[0].sweep) as lock:
+            if ray is not None:
+                check_shared(ray, store, lock.path)
+            todo = pending_cells(cells, store)
+            outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
+            print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
+            if not todo:
+                return outcome
+            prepare_data(todo)
+            ray = ray or _connect(None)
+            _fit(ray, todo, store, outcome, max_concurrent, max_failures)
+            return outcome
+    finally:
+        if ray is not None:
+            ray.shutdown()
+
+
+def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concurrent: int | None, max_failures: int) -> None:
+    from ray import tune
+
     tune_dir = tempfile.mkdtemp(prefix="bnsweep-tune-")
     try:
-        if address is not None:
-            check_resources(todo, [n["Resources"] for n in ray.nodes() if n["Alive"]], f"the cluster at {address}")
         trainable = tune.with_resources(_trial, lambda config: {"cpu": config["cell"]["cpu"], "gpu": config["cell"]["gpu"]})
         progress = _progress_callback(len(todo), sys.stdout.isatty())
         tuner = tune.Tuner(
@@ -170,7 +251,8 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
                 {"id": c.cell_id, "json": c.model_dump_json(), "cpu": c.resources.cpu, "gpu": c.resources.gpu} for c in todo])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda t: t.config["cell"]["id"]),
-            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress]),
+            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress],
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)),
         )
         grid = tuner.fit()
         if sys.stdout.isatty():
@@ -181,6 +263,4 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
                 setattr(outcome, status, getattr(outcome, status) + 1)
         outcome.interrupted = outcome.done + outcome.diverged + outcome.failed < len(todo)
     finally:
-        ray.shutdown()
         shutil.rmtree(tune_dir, ignore_errors=True)
-    return outcome

@@ -120,3 +120,14 @@ def test_override_to_another_dataset_replaces_the_section(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN], dataset=top))
     _, cells = load_cells(spec)
     assert {c.dataset.name for c in cells} == {"gaussian_regression"} and cells[0].dataset.samples == 64
+
+
+@pytest.mark.parametrize("text,value", [("1e-6", 1e-6), ("1.0e-6", 1e-6), (".5", 0.5), ("2.", 2.0), ("-3E2", -300.0),
+                                        ("10", 10), (".", "."), ("1e", "1e"), ("v1.2", "v1.2"), (".inf", float("inf"))])
+def test_yaml_numbers(text, value, tmp_path):
+    import yaml
+
+    from bnsweep.specfile import _Loader
+
+    got = yaml.load(f"x: {text}\n", Loader=_Loader)["x"]
+    assert got == value and type(got) is type(value)
