@@ -23,7 +23,6 @@ from bnsweep.spec import CellConfig
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",  # embedded Ray is private to this process; clusters set it (see cluster.yaml)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
@@ -136,7 +135,7 @@ def autoscaler_node_types(path: str = "~/ray_bootstrap_config.yaml") -> list[dic
         return []
     with open(p) as f:
         types = (yaml.safe_load(f) or {}).get("available_node_types") or {}
-    return [t.get("resources") or {} for t in types.values() if (t.get("max_workers", 1) or 0) > 0 or t.get("resources", {}).get("CPU")]
+    return [t.get("resources") or {} for t in types.values()]
 
 
 def cluster_nodes(ray) -> list[dict]:
@@ -181,6 +180,7 @@ def _connect(address: str | None):
     import ray
 
     if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded Ray is private to this process; clusters set token auth
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
         return ray

@@ -215,3 +215,19 @@ def test_driver_sigkill_then_rerun_completes_exactly_once(point, tmp_path):
     assert_equal_to(out, reference_tables(cells, tmp_path), "k")
     if point == "mid-cell":
         assert finished["resumed_from"].drop_nulls().len() >= 1  # a cell went on from its checkpoint
+
+
+def test_an_autoscaling_cluster_counts_the_nodes_it_can_start(monkeypatch, tmp_path):
+    """On `ray up`'s cluster, no GPU worker exists before the first cell asks; its node types do."""
+    from bnsweep.runner import autoscaler_node_types, check_resources
+
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=gpu_grid(), resources={"cpu": 4, "gpu": 1}))
+    _, cells = load_cells(spec)
+    head_only = [{"CPU": 0.0}]
+    with pytest.raises(UserError, match="no node of the cluster"):
+        check_resources(cells, head_only, "the cluster")
+    monkeypatch.setenv("BNSWEEP_AUTOSCALER_CONFIG", str(ROOT / "cluster.yaml"))
+    check_resources(cells, head_only + autoscaler_node_types(), "the cluster")  # a g5.xlarge type fits
+    big = [c.model_copy(update={"resources": c.resources.model_copy(update={"gpu": 4})}) for c in cells]
+    with pytest.raises(UserError, match="gpu=4"):
+        check_resources(big, head_only + autoscaler_node_types(), "the cluster")
