@@ -1,4 +1,4 @@
-"""Command line: `python -m bnsweep {run,validate,plan,schema} ...`.
+"""Command line: `python -m bnsweep {run,validate,plan,schema,report,query,ls} ...`.
 
 Mistakes in the input print one line and exit with status 2, before anything is written.
 """
@@ -99,6 +99,55 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from analysis import report
+
+    for written in report.write(args.output, args.dest):
+        print(f"{written.line()}")
+        for name, why in written.skipped.items():
+            print(f"  skipped {name}: {why}")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from analysis import query
+    from bnsweep.console import frame_table
+
+    result = query.sql(args.output, args.sql)
+    if args.format == "table":
+        text = frame_table(result, args.max_rows)
+        if args.file:
+            with open(args.file, "w") as f:
+                f.write(text + "\n")
+        else:
+            print(text)
+        return 0
+    if args.format == "parquet" and not args.file and sys.stdout.isatty():
+        raise UserError("--format parquet writes binary: give -o FILE, or redirect stdout")
+    target = args.file or (sys.stdout.buffer if args.format == "parquet" else sys.stdout)
+    try:
+        {"csv": result.write_csv, "json": result.write_json, "parquet": result.write_parquet}[args.format](target)
+    except Exception as e:  # nested columns in CSV, an unwritable file
+        raise UserError(f"cannot write {args.format} to {args.file or 'stdout'}: {str(e).splitlines()[0]}") from None
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from analysis import query
+    from bnsweep.console import frame_table
+
+    cells = query.listing(args.output)
+    if cells.is_empty():
+        print(f"no cell of {args.output} has finished yet (the cells table is empty)")
+        return 0
+    for t in query.totals(cells).iter_rows(named=True):
+        print(f"sweep {t['sweep']}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
+              f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s")
+    print()
+    print(frame_table(cells, None))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,6 +162,20 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("spec", help="sweep YAML file")
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="print the sweep file's JSON Schema").set_defaults(fn=cmd_schema)
+    rep = sub.add_parser("report", help="write report.html, figures (SVG, PNG) and summary tables (CSV, Parquet) per sweep")
+    rep.add_argument("output", help="a sweep's output folder (the spec's `output`)")
+    rep.add_argument("-o", dest="dest", help="report folder (default OUTPUT/reports); one subfolder per sweep")
+    rep.set_defaults(fn=cmd_report)
+    q = sub.add_parser("query", help="SQL over every table of an output (Polars SQL)")
+    q.add_argument("output", help="a sweep's output folder")
+    q.add_argument("sql", help='e.g. "SELECT status, count(*) FROM steps JOIN cells USING (cell_id) GROUP BY status"')
+    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    q.add_argument("-o", dest="file", help="write to FILE instead of stdout")
+    q.add_argument("--max-rows", type=int, default=50, help="rows printed by --format table (default 50; 0: all)")
+    q.set_defaults(fn=cmd_query)
+    ls = sub.add_parser("ls", help="list an output's sweeps and cells with status and wall time")
+    ls.add_argument("output", help="a sweep's output folder")
+    ls.set_defaults(fn=cmd_ls)
     return p
 
 

@@ -30,3 +30,13 @@ def text_table(rows: list[dict], columns: list[str] | None = None) -> str:
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def frame_table(df, max_rows: int | None = 50) -> str:
+    """A Polars DataFrame as a text table (floats to 3 significant digits); at most `max_rows` rows (0 or None: all)."""
+    shown = df.head(max_rows) if max_rows else df
+    rows = [{k: fmt(v) if isinstance(v, float) else ("-" if v is None else v) for k, v in r.items()} for r in shown.iter_rows(named=True)]
+    text = text_table(rows, df.columns) if rows else text_table([dict.fromkeys(df.columns, "")], df.columns).rsplit("\n", 1)[0]
+    if len(shown) < len(df):
+        return text + f"\n({len(df)} rows; the first {len(shown)} shown: use --max-rows 0, LIMIT, or --format csv)"
+    return text + f"\n({len(df)} row{'s' if len(df) != 1 else ''})"

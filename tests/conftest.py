@@ -51,3 +51,31 @@ def spec_file(tmp_path):
     def make(spec: dict, name: str = "spec.yaml") -> Path:
         return write_spec(tmp_path / name, spec)
     return make
+
+
+# Every measurement, cheaply, on every normalisation variant: the tables every figure needs.
+MEASURE_ALL = {"ics": {"every": 10, "layers": [2]}, "landscape": {"every": 10, "eta": {"points": 3}},
+               "activations": {"every": 10, "layers": [1, 2]}, "curvature": {"steps": [5, 20], "iterations": 3}}
+
+
+@pytest.fixture(scope="session")
+def measured_output(tmp_path_factory) -> Path:
+    """A tiny real sweep (every norm on the DLN, four on the VGG, every measurement), run once through `bnsweep run`."""
+    from bnsweep.cli import main
+    from bnsweep.norms import NORMS
+
+    tmp = tmp_path_factory.mktemp("measured")
+    grids = [{**TINY_DLN, "norm": list(NORMS)}, {**TINY_VGG, "norm": ["none", "batch", "noisy_batch", "l1"]}]
+    spec = write_spec(tmp / "spec.yaml", tiny_spec(tmp / "out", grids=grids, name="measured", measure=MEASURE_ALL))
+    assert main(["run", str(spec)]) == 0
+    return tmp / "out"
+
+
+@pytest.fixture(scope="session")
+def measured_report(measured_output, tmp_path_factory):
+    """The report of measured_output: (folder of its one sweep, [Written])."""
+    from analysis import report
+
+    dest = tmp_path_factory.mktemp("report")
+    written = report.write(str(measured_output), dest)
+    return dest / "measured", written

@@ -1,0 +1,129 @@
+"""The data behind each figure: Polars reduces the tables to seed bands, small enough to draw.
+
+Every function takes lazy tables and returns a DataFrame with `mean`, `lo`, `hi` (the min-max band
+over seeds) and `seeds` per point, plus `panel` ("arch · lr 0.1", with " · #k" for a layer).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from analysis.settings import DEFAULT, Settings
+from analysis.stats import seed_band
+from analysis.summaries import GROUP, RESULT, lr_robustness
+
+Norms = tuple[str, ...] | None
+
+
+def panel(*extra: pl.Expr) -> pl.Expr:
+    """'dln · lr 1e-6' (and ' · #9' for a layer)."""
+    lr = pl.col("lr").map_elements(lambda x: f"{x:g}", return_dtype=pl.String)  # after aggregation: few rows
+    parts = [pl.col("arch"), pl.lit(" · lr "), lr]
+    for e in extra:
+        parts += [pl.lit(" · #"), e.cast(pl.String)]
+    return pl.concat_str(parts).alias("panel")
+
+
+def _keep(t: pl.LazyFrame, cells: pl.LazyFrame, norms: Norms) -> pl.LazyFrame:
+    """Rows of cells with a result (done or diverged), of `norms` if given."""
+    done = cells.filter(pl.col("status").is_in(RESULT)).select("cell_id")
+    t = t.join(done, on="cell_id", how="semi")
+    return t if norms is None else t.filter(pl.col("norm").is_in(norms))
+
+
+def _band(t: pl.LazyFrame, col: str, keys: list[str], *extra: pl.Expr) -> pl.DataFrame:
+    return (t.group_by(*GROUP, *keys).agg(*seed_band(col))
+            .filter(pl.col("seeds") > 0)  # points where no seed has a finite value
+            .with_columns(panel(*extra))
+            .sort(*GROUP, *keys)
+            .collect())
+
+
+def accuracy(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """Train and test accuracy (eval mode) vs step, per (arch, norm, lr, split); classification only."""
+    evals = _keep(tables["evals"], tables["cells"], norms).filter(pl.col("accuracy").is_not_null())
+    return _band(evals, "accuracy", ["split", "step"])
+
+
+def training_loss(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """Training loss vs step: each cell's steps averaged into at most Settings.curve_points bins, then a seed band."""
+    steps = _keep(tables["steps"], tables["cells"], norms)
+    width = ((pl.col("step").max().over("arch") + 1) / settings.curve_points).ceil().cast(pl.Int64).clip(1)
+    binned = (steps.with_columns(bin=pl.col("step") // width)
+              .group_by(*GROUP, "cell_id", "bin")
+              .agg(pl.col("step").min(), pl.col("loss").filter(pl.col("loss").is_finite()).mean()))
+    return _band(binned, "loss", ["step"])
+
+
+def activations(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """One unit's distribution per (layer, step): seed means of its quantiles; mean/lo/hi = its median's seed band."""
+    act = _keep(tables["activations"], tables["cells"], norms)
+    quantiles = [pl.col(c).mean() for c in ("q05", "q25", "q75", "q95")]
+    return (act.group_by(*GROUP, "layer", "step").agg(*seed_band("q50"), *quantiles)
+            .filter(pl.col("seeds") > 0)
+            .with_columns(panel(pl.col("layer")))
+            .sort(*GROUP, "layer", "step")
+            .collect())
+
+
+def moment_drift(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """Fig. 8: |change| of the unit's mean and variance from the previous probed step and from step 0."""
+    act = _keep(tables["activations"], tables["cells"], norms).sort("step")
+    by = ["cell_id", "layer"]
+    drift = act.with_columns(
+        **{f"{m} vs previous": (pl.col(m) - pl.col(m).shift(1).over(by)).abs() for m in ("mean", "var")},
+        **{f"{m} vs step 0": (pl.col(m) - pl.col(m).first().over(by)).abs() for m in ("mean", "var")},
+    ).unpivot(index=[*GROUP, "seed", "layer", "step"], on=[f"{m} vs {w}" for m in ("mean", "var") for w in ("previous", "step 0")],
+              variable_name="quantity")
+    return _band(drift, "value", ["layer", "quantity", "step"], pl.col("layer"))
+
+
+def ics(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """Fig. 3: ICS l2 and cosine vs step per layer."""
+    t = _keep(tables["ics"], tables["cells"], norms).unpivot(index=[*GROUP, "seed", "layer", "step"], on=["l2", "cosine"],
+                                                           variable_name="quantity")
+    return _band(t, "value", ["layer", "quantity", "step"], pl.col("layer"))
+
+
+def landscape(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """Figs. 4, 10: per probed step, the min-max band over eta of the loss and of the gradient change (seed means), and beta_eff."""
+    t = _keep(tables["landscape"], tables["cells"], norms).filter(pl.col("loss").is_finite())
+    per_step = t.group_by(*GROUP, "seed", "step").agg(
+        loss_lo=pl.col("loss").min(), loss_hi=pl.col("loss").max(), loss_mid=pl.col("loss_at_w").first(),
+        grad_lo=pl.col("grad_diff_l2").min(), grad_hi=pl.col("grad_diff_l2").max(), beta_eff=pl.col("beta_eff").first())
+    return (per_step.group_by(*GROUP, "step")
+            .agg(pl.exclude("seed").mean(), pl.len().alias("seeds"), beta_lo=pl.col("beta_eff").min(), beta_hi=pl.col("beta_eff").max())
+            .with_columns(panel())
+            .sort(*GROUP, "step")
+            .collect())
+
+
+def grad_vs_eta(tables: dict, settings: Settings = DEFAULT, norms: Norms = None, lines: int = 6) -> pl.DataFrame:
+    """Fig. 11: gradient change vs eta / lr, seed band, at up to `lines` probed steps spread over training."""
+    t = _keep(tables["landscape"], tables["cells"], norms)
+    probed = t.select("arch", "step").unique().with_columns(rank=pl.col("step").rank("dense").over("arch"),
+                                                           count=pl.col("step").n_unique().over("arch"))
+    every = ((pl.col("count") + lines - 1) // lines).clip(1)
+    chosen = probed.filter(((pl.col("rank") - 1) % every == 0) | (pl.col("rank") == pl.col("count"))).select("arch", "step")
+    return _band(t.join(chosen, on=["arch", "step"]), "grad_diff_l2", ["step", "eta_rel"])
+
+
+def curvature(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step."""
+    parts = [_keep(tables["curvature"], tables["cells"], norms).select(*GROUP, "seed", "step", value="lambda_max")
+             .with_columns(quantity=pl.lit("lambda_max"))]
+    if "landscape" in tables:
+        beta = _keep(tables["landscape"], tables["cells"], norms).group_by(*GROUP, "seed", "step").agg(value=pl.col("beta_eff").first())
+        parts.append(beta.with_columns(quantity=pl.lit("beta_eff")))
+    return _band(pl.concat(parts, how="diagonal_relaxed"), "value", ["quantity", "step"])
+
+
+def lr_points(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
+    """The LR-robustness plot: per (arch, norm, lr) the ranking metric with its CI; `marker` places lrs where seeds diverged."""
+    rob = lr_robustness(tables["cells"], tables["evals"], settings).lazy()
+    worst = pl.when(pl.col("classification")).then(pl.col("value").min()).otherwise(pl.col("value").max()).over("arch")
+    return (rob.filter(pl.col("seeds") > 0)
+            .with_columns(diverged=(pl.col("divergence_rate") * pl.col("seeds")).round().cast(pl.Int64))
+            .with_columns(marker=pl.when(pl.col("diverged") > 0).then(pl.coalesce("value", worst)))
+            .select(*GROUP, "metric", "classification", "seeds", "diverged", "value", "value_lo", "value_hi", "value_n", "marker")
+            .collect())

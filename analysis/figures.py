@@ -1,0 +1,198 @@
+"""The paper's figures. Altair only draws: each function encodes a frame made by analysis.curves.
+
+    from analysis import figures, load
+    chart, data = figures.build("fig1_accuracy", load.tables("runs/quickstart", "quickstart"))
+    chart.save("fig1.html")
+
+Seeds are drawn as a mean line with a min-max band; the tooltip gives the seed count per point.
+`FIGURES` lists every figure with the tables it needs; `build` raises `Skipped` with a note when
+they are absent or hold no matching rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import altair as alt
+import polars as pl
+import polars.selectors as cs
+
+from analysis import curves
+from analysis.settings import DEFAULT, Settings
+
+W, H = 180, 130  # one panel, px
+LOG = alt.Scale(type="log")
+LR_LABEL = "datum.value < 1e-3 ? format(datum.value, '.0e') : format(datum.value, '~g')"
+NORM = alt.Color("norm:N", title="norm", sort=["none", "batch", "noisy_batch", "l1", "l2", "linf"])
+
+
+def values(df: pl.DataFrame) -> alt.InlineData:
+    """Inline rows for a spec; NaN and infinities become nulls (JSON has neither)."""
+    clean = df.with_columns(pl.when(cs.float().is_finite()).then(cs.float()).name.keep()).drop(cs.list(), cs.struct())
+    return alt.InlineData(values=clean.to_dicts())
+
+
+NOMINAL = ("norm", "panel", "split", "quantity", "arch")
+
+
+def tips(*fields: str) -> list[alt.Tooltip]:
+    return [alt.Tooltip(f"{f}:N") if f in NOMINAL else alt.Tooltip(f"{f}:Q", format=".4~g") for f in fields]
+
+
+def panels(df: pl.DataFrame) -> list[str]:
+    """Panel labels in (arch, lr, layer) order, for the facet sort."""
+    keys = [k for k in ("arch", "lr", "layer") if k in df.columns]
+    return df.sort(keys)["panel"].unique(maintain_order=True).to_list()
+
+
+def column(df: pl.DataFrame) -> alt.Column:
+    return alt.Column("panel:N", title=None, sort=panels(df))
+
+
+def line_band(x: alt.X, y: str, title: str, scale=alt.Undefined, color=NORM) -> alt.LayerChart:
+    """Mean line over a min-max seed band, for use with .facet() (data goes on the layer)."""
+    base = alt.Chart().encode(x=x, color=color)
+    band = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", title=title, scale=scale), y2="hi:Q")
+    line = base.mark_line().encode(y=alt.Y(f"{y}:Q", scale=scale), tooltip=tips("norm", "step", y, "lo", "hi", "seeds"))
+    return alt.layer(band, line)
+
+
+STEP = alt.X("step:Q", title="step")
+
+
+def accuracy(df: pl.DataFrame) -> alt.FacetChart:
+    """Figs. 1, 2: train and test accuracy vs step, one panel per (arch, lr), one line per norm."""
+    chart = line_band(STEP, "mean", "accuracy (eval mode)").properties(width=W, height=H)
+    return alt.layer(chart, data=values(df)).facet(row=alt.Row("split:N"), column=column(df))
+
+
+def distributions(df: pl.DataFrame) -> alt.FacetChart:
+    """Figs. 1c, 2: one unit's activation quantiles (5-95 %, 25-75 %) and its median's seed band vs step."""
+    base = alt.Chart().encode(x=STEP)
+    outer = base.mark_area(opacity=0.2).encode(y=alt.Y("q05:Q", title="activation"), y2="q95:Q")
+    inner = base.mark_area(opacity=0.4).encode(y="q25:Q", y2="q75:Q")
+    seeds = base.mark_area(opacity=0.6, color="black").encode(y="lo:Q", y2="hi:Q")
+    median = base.mark_line(color="black").encode(y="mean:Q", tooltip=tips("step", "mean", "q05", "q25", "q75", "q95", "seeds"))
+    layers = alt.layer(outer, inner, seeds, median, data=values(df)).properties(width=W, height=H)
+    return layers.facet(row=alt.Row("norm:N"), column=column(df))
+
+
+def by_quantity(df: pl.DataFrame, title: str = "") -> alt.FacetChart:
+    """Figs. 3, 8: one row per quantity, one panel per (arch, lr, layer), one line per norm."""
+    chart = line_band(STEP, "mean", title).properties(width=W, height=H)
+    return (alt.layer(chart, data=values(df))
+            .facet(row=alt.Row("quantity:N"), column=column(df))
+            .resolve_scale(y="independent"))
+
+
+def training_loss(df: pl.DataFrame) -> alt.VConcatChart:
+    """Figs. 3b, 5: training loss (batch, binned) vs step, log scale, one line per norm; one row of lrs per arch."""
+    def one(d: pl.DataFrame) -> alt.FacetChart:
+        chart = line_band(STEP, "mean", "training loss", scale=LOG).properties(width=W, height=H)
+        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(y="independent")
+    return alt.vconcat(*(one(df.filter(arch=a)) for a in sorted(set(df["arch"]))))
+
+
+def landscape(df: pl.DataFrame) -> alt.VConcatChart:
+    """Figs. 4, 10: loss band and gradient-change band over eta (seed means), and beta_eff with its seed band, vs step."""
+    def band(lo: str, hi: str, title: str, line: str | None = None) -> alt.FacetChart:
+        base = alt.Chart().encode(x=STEP, color=NORM)
+        layers = [base.mark_area(opacity=0.3).encode(y=alt.Y(f"{lo}:Q", title=title, scale=LOG), y2=f"{hi}:Q",
+                                                     tooltip=tips("norm", "step", lo, hi, "seeds"))]
+        if line:
+            layers.append(base.mark_line().encode(y=alt.Y(f"{line}:Q", scale=LOG)))
+        return (alt.layer(*layers, data=values(df)).properties(width=W, height=H).facet(column=column(df))
+                .resolve_scale(y="independent"))
+    return alt.vconcat(band("loss_lo", "loss_hi", "loss over eta"), band("grad_lo", "grad_hi", "gradient change over eta"),
+                       band("beta_lo", "beta_hi", "beta_eff", line="beta_eff"))
+
+
+def grad_vs_eta(df: pl.DataFrame) -> alt.FacetChart:
+    """Fig. 11: gradient change vs eta (relative to lr), one line per probed step (seed mean, band)."""
+    color = alt.Color("step:O", scale=alt.Scale(scheme="viridis"))
+    chart = line_band(alt.X("eta_rel:Q", title="eta / lr", scale=LOG), "mean", "||grad(w) - grad(w - eta g)||", scale=LOG, color=color)
+    return (alt.layer(chart.properties(width=W, height=H), data=values(df))
+            .facet(row=alt.Row("norm:N"), column=column(df))
+            .resolve_scale(y="independent"))
+
+
+def lr_robustness(df: pl.DataFrame) -> alt.HConcatChart:
+    """Final metric vs lr (log x), one line per norm with its 95 % CI; a cross marks lrs where seeds diverged."""
+    def one(arch: str) -> alt.LayerChart:
+        d = df.filter(arch=arch)
+        scale = alt.Undefined if d["classification"].any() else LOG
+        lr = alt.X("lr:Q", scale=alt.Scale(type="log", nice=False, padding=12),
+                   axis=alt.Axis(values=sorted(set(d["lr"])), labelExpr=LR_LABEL))  # a tick per lr tried
+        base = alt.Chart(values(d)).encode(x=lr, color=NORM)
+        band = base.mark_area(opacity=0.2).encode(y=alt.Y("value_lo:Q", title=f"final {d['metric'][0]}", scale=scale), y2="value_hi:Q")
+        line = base.mark_line(point=True).encode(y=alt.Y("value:Q", scale=scale), tooltip=tips("norm", "lr", "value", "value_lo", "value_hi", "value_n", "diverged", "seeds"))
+        cross = base.mark_point(shape="cross", size=140, filled=True).encode(y="marker:Q", tooltip=tips("norm", "lr", "diverged", "seeds"))
+        return alt.layer(band, line, cross).properties(title=arch, width=2 * W, height=H + 40)
+    return alt.hconcat(*(one(a) for a in sorted(set(df["arch"]))))
+
+
+def curvature(df: pl.DataFrame) -> alt.HConcatChart:
+    """lambda_max (top Hessian eigenvalue) beside beta_eff vs step, one line per norm."""
+    def one(quantity: str, scale) -> alt.FacetChart:
+        chart = line_band(STEP, "mean", quantity, scale=scale).properties(width=W, height=H)
+        return (alt.layer(chart, data=values(df.filter(quantity=quantity))).facet(row=alt.Row("panel:N", title=None, sort=panels(df)))
+                .resolve_scale(y="independent"))
+    shown = [q for q in ("lambda_max", "beta_eff") if q in set(df["quantity"])]
+    return alt.hconcat(*(one(q, alt.Undefined if q == "lambda_max" else LOG) for q in shown))
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    needs: tuple[str, ...]  # tables
+    data: Callable[..., pl.DataFrame]  # (tables, settings) -> frame
+    draw: Callable[[pl.DataFrame], alt.TopLevelMixin]
+    any_norm: tuple[str, ...] = ()  # drawn only if one of these norms has rows
+    caption: str = "lines: mean over seeds; bands: range over seeds (min to max)"
+
+
+DIST = "shaded: the unit's 5-95 % and 25-75 % quantiles over the batch (means over seeds); black: its median, mean and range over seeds"
+NB, NBN, LP = ("none", "batch"), ("none", "batch", "noisy_batch"), ("none", "batch", "l1", "l2", "linf")
+FIGURES: dict[str, Figure] = {
+    "lr_robustness": Figure("Learning-rate robustness: final metric vs learning rate", ("cells", "evals"), curves.lr_points, lr_robustness,
+                            caption="lines: mean over the seeds that did not diverge; bands: 95 % bootstrap CI; "
+                                    "crosses: learning rates where seeds diverged (at the worst value when all did)"),
+    "training_loss": Figure("Training loss vs step", ("cells", "steps"), curves.training_loss, training_loss),
+    "fig1_accuracy": Figure("Fig. 1: accuracy vs step, none vs batch", ("cells", "evals"), partial(curves.accuracy, norms=NB), accuracy),
+    "fig1_activations": Figure("Fig. 1c: activation distributions, none vs batch", ("cells", "activations"),
+                               partial(curves.activations, norms=NB), distributions, caption=DIST),
+    "fig2_accuracy": Figure("Fig. 2: noisy BatchNorm, accuracy vs step", ("cells", "evals"), partial(curves.accuracy, norms=NBN), accuracy,
+                            ("noisy_batch",)),
+    "fig2_activations": Figure("Fig. 2: noisy BatchNorm, activation distributions", ("cells", "activations"),
+                               partial(curves.activations, norms=NBN[1:]), distributions, ("noisy_batch",), DIST),
+    "fig8_moments": Figure("Fig. 8: drift of one unit's mean and variance", ("cells", "activations"), curves.moment_drift,
+                           partial(by_quantity, title="|change|")),
+    "fig3_ics": Figure("Fig. 3: internal covariate shift (l2 and cosine) vs step", ("cells", "ics"), curves.ics, by_quantity),
+    "fig4_landscape": Figure("Figs. 4, 10: loss landscape, gradient predictiveness, beta_eff", ("cells", "landscape"),
+                             curves.landscape, landscape,
+                             caption="loss and gradient-change bands: min to max over eta (means over seeds); beta_eff: mean, range over seeds"),
+    "fig5_lp": Figure("Fig. 5: l_p normalisation, training loss vs step", ("cells", "steps"), partial(curves.training_loss, norms=LP),
+                      training_loss, LP[2:]),
+    "fig11_grad_eta": Figure("Fig. 11: gradient change vs eta, one line per probed step", ("cells", "landscape"), curves.grad_vs_eta, grad_vs_eta),
+    "curvature": Figure("lambda_max beside beta_eff", ("cells", "curvature"), curves.curvature, curvature),
+}
+
+
+class Skipped(Exception):
+    """A figure that cannot be drawn from this output; the message says why."""
+
+
+def build(name: str, tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> tuple[alt.TopLevelMixin, pl.DataFrame]:
+    """(chart, the frame it draws) for figure `name`, or Skipped with a note."""
+    fig = FIGURES[name]
+    absent = [t for t in fig.needs if t not in tables]
+    if absent:
+        raise Skipped(f"needs the {' and '.join(absent)} table{'s' if len(absent) > 1 else ''}, absent from this output")
+    df = fig.data(tables, settings)
+    if fig.any_norm and not set(fig.any_norm) & set(df["norm"]):
+        raise Skipped(f"no cells with norm {' or '.join(fig.any_norm)} in this output")
+    if df.is_empty():
+        raise Skipped("no rows to draw in this output")
+    return fig.draw(df).configure_axis(tickCount=5), df  # log axes: a gridline per decade, not nine

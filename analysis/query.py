@@ -1,0 +1,63 @@
+"""SQL over an output's tables (Polars SQL), and the listing of its sweeps and cells.
+
+    query.sql("runs/quickstart", "SELECT status, count(*) FROM steps JOIN cells USING (cell_id) GROUP BY status")
+    query.listing("runs/quickstart")   # one row per cell: sweep, keys, status, steps, wall time
+
+Every table present is registered under its own name (cells, steps, evals, ics, landscape,
+activations, curvature), over every sweep; the scans are lazy, so a query reads only the columns
+and partitions it needs.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from analysis import load
+from bnsweep.errors import UserError
+
+KEY_COLUMNS = "cell_id, sweep, arch, norm, lr, seed"
+
+
+def context(output: str) -> pl.SQLContext:
+    return pl.SQLContext(load.tables(output))
+
+
+def _one_line(e: BaseException, output: str) -> str:
+    """A Polars error as one line, with a hint where the fix is not obvious."""
+    msg = " ".join(str(e).split("\n\n")[0].split())
+    here = load.present(output)
+    if "relation" in msg and "not found" in msg:
+        absent = [t for t in load.TABLES if t not in here]
+        msg += f"; tables here: {', '.join(here)}" + (f" (not in this output: {', '.join(absent)})" if absent else "")
+    elif "ambiguous reference" in msg:
+        msg += f"; every table carries {KEY_COLUMNS}: qualify the column (steps.norm) or join USING ({KEY_COLUMNS})"
+    return f"query failed: {msg}"
+
+
+def sql(output: str, query: str) -> pl.DataFrame:
+    """The result of `query` over every table under `output`; a bad query raises UserError in one line."""
+    ctx = context(output)
+    try:
+        return ctx.execute(query).collect()
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
+        raise UserError(_one_line(e, output)) from None
+
+
+def listing(output: str) -> pl.DataFrame:
+    """Every cell with a row in the cells table: sweep, keys, status, steps done / configured, wall time, finished_at."""
+    return (
+        load.table(output, "cells")
+        .select("sweep", "cell_id", "arch", "norm", pl.col("lr").map_elements(lambda x: f"{x:g}", return_dtype=pl.String), "seed", "status",
+                steps=pl.format("{}/{}", pl.col("steps_done").fill_null(0), pl.col("steps")),
+                wall_s=pl.col("wall_s").round(1), finished_at=pl.col("finished_at").dt.strftime("%Y-%m-%d %H:%M:%S"))
+        .sort("sweep", "arch", "norm", "lr", "seed")
+        .collect()
+    )
+
+
+def totals(cells: pl.DataFrame) -> pl.DataFrame:
+    """Per sweep: cells, counts per status, total and longest wall time."""
+    return (cells.group_by("sweep")
+            .agg(cells=pl.len(), done=(pl.col("status") == "done").sum(), diverged=(pl.col("status") == "diverged").sum(),
+                 failed=(pl.col("status") == "failed").sum(), wall_s=pl.col("wall_s").sum(), longest_s=pl.col("wall_s").max())
+            .sort("sweep"))

@@ -1,0 +1,113 @@
+"""`python -m bnsweep report OUTPUT [-o DIR]`: per sweep, one folder with
+
+    report.html                  self-contained: summaries, claims, every figure (no network needed)
+    figures/<name>.{svg,png,vl.json}
+    tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, claims
+
+Default DIR: OUTPUT/reports (one subfolder per sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import vl_convert as vlc
+
+from analysis import claims, figures, load, summaries
+from analysis.html import VL_VERSION, esc, page
+from analysis.sections import claims_section, figure_block, overview, range_section, robustness_section, smoothness_section
+from analysis.settings import DEFAULT, Settings
+from bnsweep.errors import UserError
+
+
+@dataclass
+class Written:
+    folder: Path
+    drawn: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # figure -> why
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+
+    def line(self) -> str:
+        return (f"{self.folder / 'report.html'}: {len(self.drawn)} figures drawn, {len(self.skipped)} skipped "
+                f"({sum(self.seconds.values()):.1f} s)")
+
+
+def default_dest(output: str) -> Path:
+    if "://" in output:
+        raise UserError(f"output {output!r} is not a local folder: give the report folder with -o DIR")
+    return Path(output) / "reports"
+
+
+def write(output: str, dest: str | Path | None = None, settings: Settings = DEFAULT) -> list[Written]:
+    """Write one report folder per sweep under `dest` (default OUTPUT/reports)."""
+    names = load.sweeps(output)
+    if not names:
+        raise UserError(f"no sweep has rows under {output!r} yet")
+    root = Path(dest) if dest is not None else default_dest(output)
+    return [write_sweep(output, name, root / name, settings) for name in names]
+
+
+def _tables(folder: Path, frames: dict[str, pl.DataFrame]) -> None:
+    (folder / "tables").mkdir(parents=True, exist_ok=True)
+    for name, df in frames.items():
+        df.write_parquet(folder / "tables" / f"{name}.parquet")
+        df.write_csv(folder / "tables" / f"{name}.csv")
+
+
+def _figure(folder: Path, name: str, spec: dict) -> None:
+    svg = vlc.vegalite_to_svg(spec, vl_version=VL_VERSION)
+    (folder / "figures" / f"{name}.svg").write_text(svg)
+    (folder / "figures" / f"{name}.png").write_bytes(vlc.svg_to_png(svg, scale=1.5))  # from the SVG: one Vega run per figure
+    (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(spec, indent=1))
+
+
+def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFAULT) -> Written:
+    """Summaries, claims, figures and report.html for one sweep."""
+    out, clock = Written(folder), time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        out.seconds[stage] = out.seconds.get(stage, 0.0) + now - clock
+        clock = now
+
+    tables = load.tables(output, sweep)
+    cells, evals = load.table(output, "cells", sweep), load.table(output, "evals", sweep)
+    rob = summaries.lr_robustness(cells, evals, settings)
+    ranges = summaries.robust_range(rob)
+    smooth = summaries.smoothness(tables, settings)
+    found = claims.check(rob, ranges, smooth, settings)
+    frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "claims": claims.frame(found)}
+    _tables(folder, frames)
+    lap("summaries")
+
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    specs, blocks = {}, []
+    for name, fig in figures.FIGURES.items():
+        try:
+            chart, df = figures.build(name, tables, settings)
+        except figures.Skipped as e:
+            out.skipped[name] = str(e)
+            blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(e)}.</p>")
+            continue
+        specs[name] = chart.to_dict(validate=False)  # the tests validate every figure; here it would cost seconds
+        lap("figures")
+        _figure(folder, name, specs[name])
+        lap("images")
+        out.drawn.append(name)
+        blocks.append(figure_block(name, fig, df))
+    body = "".join([
+        overview(sweep, output, cells, tables, settings),
+        claims_section(found),
+        range_section(ranges),
+        robustness_section(rob, settings),
+        smoothness_section(smooth, settings),
+        "<h2 id='figures'>Figures</h2>", *blocks,
+    ])
+    (folder / "report.html").write_text(page(f"bnsweep report: {sweep}", body, specs))
+    lap("html")
+    return out

@@ -1,0 +1,96 @@
+"""The report's sections as HTML: every number with its 95 % CI and the seeds behind it."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from analysis.claims import Claim
+from analysis.figures import Figure
+from analysis.html import esc, table
+from analysis.settings import Settings
+from analysis.stats import fmt_ci
+from bnsweep.console import fmt
+
+
+def ci_of(col: str):
+    """Column function: 'mean [lo, hi] (n=k)' of `col` from a summary row."""
+    return lambda r: fmt_ci(r[col], r[f"{col}_lo"], r[f"{col}_hi"], r[f"{col}_n"])
+
+
+def yes(col: str):
+    return lambda r: "yes" if r[col] else ("no" if r[col] is not None else "-")
+
+
+def overview(sweep: str, output: str, cells: pl.LazyFrame, tables: dict[str, pl.LazyFrame], s: Settings) -> str:
+    status = cells.group_by("status").agg(pl.len()).collect()
+    counts = ", ".join(f"{n} {st}" for st, n in sorted(status.iter_rows()))
+    per = cells.group_by("arch", "norm", "lr").agg(pl.len().alias("n")).select(pl.col("n").min().alias("lo"), pl.col("n").max().alias("hi")).collect()
+    seeds = f"{per['lo'][0]}" if per["lo"][0] == per["hi"][0] else f"{per['lo'][0]}-{per['hi'][0]}"
+    rows = [{"table": name, "rows": t.select(pl.len()).collect().item()} for name, t in tables.items()]
+    return (f"<h1>bnsweep report: {esc(sweep)}</h1>"
+            f"<p>Output <code>{esc(output)}</code>. Cells: {esc(counts or 'none')}; {esc(seeds)} seeds per (arch, norm, lr). "
+            f"Intervals are {s.confidence:.0%} percentile-bootstrap CIs over seeds ({s.resamples} resamples, seed {s.seed}); "
+            f"<i>n</i> is the number of seeds behind each number. Bands in the figures span the seeds (min to max).</p>"
+            + table(rows, [("table", lambda r: r["table"]), ("rows", lambda r: r["rows"])]))
+
+
+def claims_section(found: list[Claim]) -> str:
+    def verdict(c: Claim) -> str:
+        return f"<span class='{c.verdict.replace(' ', '-')}'>{esc(c.verdict)}</span>"
+    rows = "".join(f"<tr><td>{esc(c.figure)}</td><td>{esc(c.text)}</td><td>{verdict(c)}</td><td>"
+                   + ("<ul>" + "".join(f"<li>{esc(e)}</li>" for e in c.evidence) + "</ul>" if c.evidence else "")
+                   + (f"<p class='note'>Missing: {esc(c.missing)}.</p>" if c.missing else "") + "</td></tr>" for c in found)
+    return ("<h2 id='claims'>The paper's claims, checked against this sweep</h2>"
+            "<table><thead><tr><th>figure</th><th>claim</th><th>verdict</th><th>evidence (median or mean [95 % CI] (n seeds))</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>")
+
+
+def range_section(ranges: pl.DataFrame) -> str:
+    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), ("metric", lambda r: r["metric"]),
+            ("best lr", lambda r: f"{r['best_lr']:g}" if r["best_lr"] else "-"),
+            ("best value", lambda r: fmt_ci(r["best_value"], r["best_value_lo"], r["best_value_hi"], r["best_value_n"])),
+            ("robust range", lambda r: f"{r['lr_min']:g} .. {r['lr_max']:g}" if r["lr_min"] else "-"),
+            ("width (decades)", lambda r: fmt(r["width_decades"])), ("lrs in range / tried", lambda r: f"{r['lrs_in_range'] or 0} / {r['lrs_tried']}"),
+            ("fewest seeds in range", lambda r: r["min_seeds_in_range"]), ("at grid edge", yes("at_edge")), ("contiguous", yes("contiguous"))]
+    return ("<h2 id='robust-range'>Robust learning-rate range</h2>"
+            "<p>The learning rates, among those where no seed diverged, whose mean final metric is within the tolerance of "
+            "the best; width = log10(max/min). At a grid edge the true range may be wider.</p>" + table(ranges.to_dicts(), cols))
+
+
+def robustness_section(rob: pl.DataFrame, s: Settings) -> str:
+    targets = rob.group_by("arch").agg(pl.col("target").first(), pl.col("metric").first()).sort("arch")
+    text = "; ".join(f"{a}: {m.replace('_', ' ')} {'≥' if m.endswith('accuracy') else '≤'} {fmt(t)}" for a, t, m in targets.iter_rows())
+    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), ("lr", lambda r: f"{r['lr']:g}"),
+            ("seeds", lambda r: r["seeds"]), ("failed", lambda r: r["failed"]), ("divergence rate", ci_of("divergence_rate")),
+            ("final train loss", ci_of("train_loss")), ("final train acc", ci_of("train_accuracy")), ("final test acc", ci_of("test_accuracy")),
+            ("steps to target (n = seeds reaching it)", ci_of("steps_to_target")), ("in range", yes("in_range")), ("best", yes("best"))]
+    return ("<h2 id='lr-robustness'>Learning-rate robustness</h2>"
+            f"<p>Final metrics of the seeds that did not diverge (last evaluation, eval mode). Target: {esc(text)} "
+            f"({s.target_fraction:.0%} of the arch's best final value), first evaluation that reaches it.</p>"
+            + table(rob.to_dicts(), cols))
+
+
+def smoothness_section(smooth: pl.DataFrame, s: Settings) -> str:
+    head = "<h2 id='smoothness'>Smoothness and internal covariate shift</h2>"
+    if smooth.is_empty():
+        return head + "<p class='note'>Not measured in this output: add a <code>measure:</code> block with landscape, ics or curvature.</p>"
+    text = pl.struct("median", "lo", "hi", "seeds").map_elements(lambda r: fmt_ci(*r.values()), return_dtype=pl.String)
+    wide = (smooth.with_columns(text=text)
+            .pivot("window", index=["arch", "norm", "lr", "quantity", "layer"], values="text")
+            .sort("arch", "quantity", "layer", "lr", "norm", nulls_last=True))
+    cols = [("arch", lambda r: r["arch"]), ("quantity", lambda r: r["quantity"]), ("layer", lambda r: r["layer"] if r["layer"] is not None else "-"),
+            ("lr", lambda r: f"{r['lr']:g}"), ("norm", lambda r: r["norm"]),
+            (f"early (first {s.early_fraction:.0%} of steps)", lambda r: r.get("early") or "-"), ("overall", lambda r: r.get("overall") or "-")]
+    return (head + "<p>Per cell, the mean over its probed steps; then the median over seeds [95 % CI] (n seeds). "
+            "gradient predictiveness = max over eta of ||grad(w) - grad(w - eta g)||; loss band = max / min loss over eta; "
+            "ICS per layer; lambda_max = top Hessian eigenvalue.</p>" + table(wide.to_dicts(), cols))
+
+
+def figure_block(name: str, fig: Figure, df: pl.DataFrame) -> str:
+    seeds = df["seeds"] if "seeds" in df.columns else df["value_n"]
+    lo, hi = seeds.min(), seeds.max()
+    n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return (f"<div class='figure'><h3 id='{name}'>{esc(fig.title)}</h3><div id='vis-{name}' class='chart'></div>"
+            f"<p class='note'>{esc(n)} seeds per point (see the tooltip); {esc(fig.caption)}. "
+            f"<a href='figures/{name}.svg'>SVG</a> · <a href='figures/{name}.png'>PNG</a> · "
+            f"<a href='figures/{name}.vl.json'>Vega-Lite</a></p></div>")

@@ -1,0 +1,65 @@
+"""The report in headless Chromium (Debian's `chromium`): no console errors, no network, every chart drawn.
+
+A screenshot goes to test-artifacts/report.png. Without Chromium the test installs it (as root
+with apt-get) or skips, saying why.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from analysis import figures
+from conftest import ROOT
+
+pytestmark = pytest.mark.ray  # the report comes from a real sweep
+
+NAMES = ("chromium", "chromium-browser", "google-chrome")
+# no network of its own: no updates, sync, field trials or QUIC; a fresh profile per run
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-features=Translate,MediaRouter,OptimizationHints",
+         "--metrics-recording-only", "--no-pings"]
+
+
+def chromium() -> str:
+    found = next((p for p in map(shutil.which, NAMES) if p), None)
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Chromium is not installed, and installing it needs root and apt-get: apt-get install chromium")
+    p = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+                       shell=True, capture_output=True, text=True, timeout=900)
+    found = next((p for p in map(shutil.which, NAMES) if p), None)
+    if not found:
+        pytest.skip(f"could not install Chromium with apt-get: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+    return found
+
+
+def test_report_renders_in_chromium(measured_report, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs the dev extra: pip install -e '.[dev]' (playwright)")
+    browser = chromium()
+    folder, written = measured_report
+    errors, requests = [], []
+    with playwright.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=browser, headless=True, args=FLAGS,
+                                                   viewport={"width": 1400, "height": 900})
+        page = ctx.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((folder / "report.html").as_uri())
+        page.wait_for_function("document.body.dataset.chartsDrawn !== undefined", timeout=120_000)
+        drawn = int(page.evaluate("document.body.dataset.chartsDrawn"))
+        marks = page.evaluate("""[...document.querySelectorAll('div.chart')].map(d =>
+            d.querySelectorAll('svg .mark-line path, svg .mark-area path, svg .mark-symbol path').length)""")
+        report_errors = page.evaluate("window.reportErrors")
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+        ctx.close()
+    assert errors == [] and report_errors == []
+    assert drawn == len(written[0].drawn) == len(figures.FIGURES)
+    assert len(marks) == drawn and all(m > 0 for m in marks), marks  # every chart has drawn marks
+    assert [u for u in requests if not u.startswith(("file:", "data:", "blob:", "about:"))] == []
+    assert (ROOT / "test-artifacts" / "report.png").stat().st_size > 10_000
