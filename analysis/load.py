@@ -69,8 +69,8 @@ def table(output: str, name: str, sweep: str | None = None) -> pl.LazyFrame:
     s = store(output)
     if not _has_files(s, name, sweep):
         return pl.LazyFrame(schema=schema(name))
-    folder = f"{s.uri}/{name}" + (f"/sweep={sweep}" if sweep else "")
-    return pl.scan_parquet(f"{folder}/**/*.parquet", hive_partitioning=True, schema=schema(name),
+    path, options = s.scan_target(f"{name}" + (f"/sweep={sweep}" if sweep else "") + "/**/*.parquet")
+    return pl.scan_parquet(path, hive_partitioning=True, schema=schema(name), storage_options=options,
                            missing_columns="insert", extra_columns="ignore")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -82,6 +83,22 @@ class Store:
 
     def __reduce__(self):  # ship the URI to workers, not the filesystem object
         return (Store, (self.uri,))
+
+    def scan_target(self, rel: str) -> tuple[str, dict | None]:
+        """(path, storage_options) for Polars to read `rel` below the output, on any filesystem."""
+        if self.local:
+            return f"{self.root}/{rel}", None
+        scheme = self.uri.split("://", 1)[0]
+        query = parse_qs(urlsplit(self.uri).query)
+        opts = {}
+        if scheme == "s3" and "endpoint_override" in query:
+            http = query.get("scheme", ["https"])[0]
+            opts["aws_endpoint_url"] = f"{http}://{query['endpoint_override'][0]}"
+            if http == "http":
+                opts["aws_allow_http"] = "true"
+        if scheme == "s3" and "region" in query:
+            opts["aws_region"] = query["region"][0]
+        return f"{scheme}://{self.root}/{rel}", opts or None
 
     def folder(self, name: str, sweep: str) -> str:
         return f"{self.root}/{name}/sweep={sweep}"
