@@ -92,6 +92,18 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_cluster_validate(args) -> int:
+    import logging
+
+    from bnsweep.cluster import validate_cluster
+
+    for name in ("ray", "ray.autoscaler", "ray.autoscaler._private.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cfg = validate_cluster(args.file)
+    print(f"ok: {args.file}: node types {', '.join(cfg['available_node_types'])}, head {cfg['head_node_type']}, max_workers {cfg['max_workers']}")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from bnsweep.spec import SweepSpec
 
@@ -162,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("spec", help="sweep YAML file")
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="print the sweep file's JSON Schema").set_defaults(fn=cmd_schema)
+    cl = sub.add_parser("cluster", help="cluster files for `ray up`").add_subparsers(dest="action", required=True)
+    cv = cl.add_parser("validate", help="check a cluster YAML against Ray's schema, offline (ray up has no dry run)")
+    cv.add_argument("file")
+    cv.set_defaults(fn=cmd_cluster_validate)
     rep = sub.add_parser("report", help="write report.html, figures (SVG, PNG) and summary tables (CSV, Parquet) per sweep")
     rep.add_argument("output", help="a sweep's output folder (the spec's `output`)")
     rep.add_argument("-o", dest="dest", help="report folder (default OUTPUT/reports); one subfolder per sweep")

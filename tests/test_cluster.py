@@ -231,3 +231,12 @@ def test_an_autoscaling_cluster_counts_the_nodes_it_can_start(monkeypatch, tmp_p
     big = [c.model_copy(update={"resources": c.resources.model_copy(update={"gpu": 4})}) for c in cells]
     with pytest.raises(UserError, match="gpu=4"):
         check_resources(big, head_only + autoscaler_node_types(), "the cluster")
+
+
+def test_cluster_validate_command(capsys, tmp_path):
+    assert main(["cluster", "validate", str(ROOT / "cluster.yaml")]) == 0
+    assert "node types head, gpu_worker" in capsys.readouterr().out
+    (tmp_path / "c.yaml").write_text("cluster_name: x\nprovider: {type: aws, region: us-east-1}\nbogus_key: 1\n")
+    assert main(["cluster", "validate", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bogus_key" in err
