@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench bench-report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+
+bench-report: setup
+	$(BIN)/python bench/report_query.py
 
 clean:
 	rm -rf runs $(VENV)

@@ -1,0 +1,126 @@
+"""Report and query time against table size: synthetic outputs in the real layout, up to millions of `steps` rows.
+
+    python bench/report_query.py [--sizes 10000 100000 1000000] [--repeats 3]
+
+Each output has 100 cells (2 archs x 2 norms x 5 lrs x 5 seeds), `steps` rows split evenly among
+them, an evaluation every 1/10 of the steps, and every measurement table probed every 1/50 of the
+steps (landscape at 8 etas, ics and activations at 2 layers). Times are wall clock in this process,
+the median of --repeats runs; the first report of a fresh machine also builds the Vega bundle once
+(cached under ~/.cache/bnsweep), which is timed apart. Results: bench/results/report_query.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis import html, query, report  # noqa: E402
+from bnsweep.console import text_table  # noqa: E402
+from bnsweep.records import Store, table  # noqa: E402
+
+ARCHS = {"vgg16": [0.01, 0.03, 0.1, 0.3, 1.0], "dln": [1e-7, 3e-7, 1e-6, 3e-6, 1e-5]}
+QUERIES = {
+    "count by status (join)": "SELECT status, count(*) AS n FROM steps JOIN cells USING (cell_id) GROUP BY status",
+    "mean loss per (arch, norm, lr)": "SELECT arch, norm, lr, avg(loss) AS loss, count(*) AS n FROM steps GROUP BY ALL ORDER BY ALL",
+    "one cell's curve": "SELECT step, loss FROM steps WHERE arch = 'dln' AND norm = 'batch' AND lr = 1e-6 AND seed = 0 ORDER BY step",
+}
+
+
+def synthesise(output: str, rows: int, seed: int = 0) -> None:
+    """An output of 100 cells with `rows` steps rows in all, and evals and measurement tables to match."""
+    rng, store = np.random.default_rng(seed), Store(output)
+    n = max(rows // 100, 50)
+    probes = np.arange(0, n, max(n // 50, 1))
+    for arch, lrs in ARCHS.items():
+        for norm in ("none", "batch"):
+            for lr in lrs:
+                for s in range(5):
+                    c = SimpleNamespace(cell_id=f"{arch}-{norm}-{lr:g}-{s}", sweep="bench", arch=arch, norm=norm, lr=lr, seed=s)
+                    step = np.arange(n)
+                    loss = 2.3 * np.exp(-step / (n / 4)) + 0.05 * rng.random(n)
+                    acc = None if arch == "dln" else list(1 - loss / 2.5)
+                    store.write("steps", c, table("steps", c, {"step": step.tolist(), "loss": loss.tolist(), "accuracy": acc or [None] * n}))
+                    ev = np.arange(0, n + 1, max(n // 10, 1))
+                    e_loss = np.repeat(2.3 * np.exp(-ev / (n / 4)), 2)
+                    store.write("evals", c, table("evals", c, {"step": np.repeat(ev, 2).tolist(), "split": ["train", "test"] * len(ev),
+                                                               "loss": e_loss.tolist(),
+                                                               "accuracy": [None] * len(e_loss) if arch == "dln" else (1 - e_loss / 2.5).tolist()}))
+                    _measurements(store, c, probes, rng)
+                    store.write("cells", c, table("cells", c, {"status": ["done"], "steps": [n], "steps_done": [n], "wall_s": [60.0],
+                                                               "dataset": ["synthetic"]}))
+
+
+def _measurements(store: Store, c, probes: np.ndarray, rng) -> None:
+    eta = np.geomspace(0.5, 4, 8) * c.lr
+    st, et = np.repeat(probes, 8), np.tile(eta, len(probes))
+    diff = rng.random(len(st)) * et * 10
+    beta = np.repeat((diff / et).reshape(-1, 8).max(axis=1), 8)
+    store.write("landscape", c, table("landscape", c, {"step": st.tolist(), "eta": et.tolist(), "eta_rel": (et / c.lr).tolist(),
+                                                       "loss": (1 + rng.random(len(st))).tolist(), "grad_diff_l2": diff.tolist(),
+                                                       "smoothness": (diff / et).tolist(), "beta_eff": beta.tolist(),
+                                                       "loss_at_w": [1.0] * len(st), "grad_norm": [1.0] * len(st)}))
+    two = np.repeat(probes, 2)
+    store.write("ics", c, table("ics", c, {"step": two.tolist(), "layer": [5, 10] * len(probes), "l2": rng.random(len(two)).tolist(),
+                                           "cosine": rng.random(len(two)).tolist()}))
+    q = {k: rng.normal(size=len(two)).tolist() for k in ("mean", "var", "q05", "q25", "q50", "q75", "q95")}
+    store.write("activations", c, table("activations", c, {"step": two.tolist(), "layer": [3, 11] * len(probes), **q}))
+    store.write("curvature", c, table("curvature", c, {"step": probes.tolist(), "lambda_max": (10 + rng.random(len(probes))).tolist()}))
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    bundle_s = timed(html.bundle)  # built once per machine, then read from the cache
+    results = []
+    for rows in args.sizes:
+        tmp = Path(tempfile.mkdtemp(prefix="bnsweep-bench-report-"))
+        try:
+            out = str(tmp / "out")
+            write_s = timed(lambda: synthesise(out, rows))
+            reports = []
+            for i in range(args.repeats):
+                t = time.perf_counter()
+                [w] = report.write(out, tmp / f"report{i}")
+                reports.append((time.perf_counter() - t, w))
+            total, w = sorted(reports, key=lambda x: x[0])[len(reports) // 2]
+            q = {name: statistics.median(timed(lambda: query.sql(out, sql)) for _ in range(args.repeats)) for name, sql in QUERIES.items()}
+            results.append({"steps_rows": rows, "cells": 100, "write_s": write_s, "report_s": total,
+                            **{f"report_{k}_s": v for k, v in w.seconds.items()}, "figures": len(w.drawn),
+                            **{f"query: {k}_s": v for k, v in q.items()}})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"Vega bundle: {bundle_s:.2f} s (cached after the first build)\n")
+    cols = ["steps_rows", "report_s", "report_summaries_s", "report_figures_s", "report_images_s", "report_html_s", "figures",
+            *(f"query: {k}_s" for k in QUERIES)]
+    print(text_table([{k: (f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k])) for k in cols} for r in results], cols))
+    dest = ROOT / "bench" / "results" / "report_query.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({"machine": {"platform": platform.platform(), "python": platform.python_version(),
+                                            "cpus": __import__("os").cpu_count()},
+                                "bundle_s": bundle_s, "repeats": args.repeats, "results": results}, indent=2))
+    print(f"\n{dest}")
+
+
+if __name__ == "__main__":
+    main()
