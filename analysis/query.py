@@ -47,10 +47,10 @@ def listing(output: str) -> pl.DataFrame:
     """Every cell with a row in the cells table: sweep, keys, status, steps done / configured, wall time, finished_at."""
     return (
         load.table(output, "cells")
+        .sort("sweep", "arch", "norm", "lr", "seed")
         .select("sweep", "cell_id", "arch", "norm", pl.col("lr").map_elements(lambda x: f"{x:g}", return_dtype=pl.String), "seed", "status",
                 steps=pl.format("{}/{}", pl.col("steps_done").fill_null(0), pl.col("steps")),
                 wall_s=pl.col("wall_s").round(1), finished_at=pl.col("finished_at").dt.strftime("%Y-%m-%d %H:%M:%S"))
-        .sort("sweep", "arch", "norm", "lr", "seed")
         .collect()
     )
 

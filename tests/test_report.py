@@ -98,6 +98,9 @@ def test_cli_ls(measured_output, capsys):
     assert out.startswith(f"sweep measured: {len(cells)} cells, {(cells['status'] == 'done').sum()} done, "
                           f"{(cells['status'] == 'diverged').sum()} diverged, 0 failed; wall time")
     assert all(cid in out for cid in cells["cell_id"])
+    rows = [line.split() for line in out.splitlines()[4:]]
+    dln_none = [float(r[4]) for r in rows if r[2:4] == ["dln", "none"]]
+    assert dln_none == sorted(dln_none) and len(dln_none) == 4  # lrs in numeric order, seeds after
 
 
 @pytest.mark.parametrize("argv, says", [
