@@ -15,7 +15,7 @@ import traceback
 import torch
 
 import bnsweep
-from bnsweep.records import Store, table
+from bnsweep.records import KEYS, SCHEMAS, Store, table
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainResult, train_cell
 
@@ -51,8 +51,6 @@ def cells_row(cell: CellConfig, res: TrainResult | None, started: dt.datetime, w
 
 def columns(rows: list[dict], name: str) -> dict[str, list]:
     """Row dicts -> the columns of table `name` (key columns are added by `table`)."""
-    from bnsweep.records import KEYS, SCHEMAS
-
     keys = {f.name for f in KEYS}
     return {f.name: [r.get(f.name) for r in rows] for f in SCHEMAS[name] if f.name not in keys}
 

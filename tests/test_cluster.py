@@ -1,6 +1,5 @@
 """Multi-node runs on one machine (ray.cluster_utils.Cluster with fake GPUs) and their faults."""
 
-import copy
 import json
 import os
 import socket
@@ -107,7 +106,6 @@ def test_a_lost_node_is_survived_exactly_once(cluster, tmp_path):
     spec = write_spec(tmp_path / "s.yaml", tiny_spec(out, grids=gpu_grid(steps=1200, seeds=range(6)), name="lost",
                                                      resources={"cpu": 1, "gpu": 0.5}, checkpoint_every=100))
     _, cells = load_cells(spec)
-    ckpts = Store(str(out))
 
     def kill_when_running():  # once cells have checkpoints, that is, are half way
         deadline = time.time() + 300

@@ -16,7 +16,7 @@ from bnsweep.data import DatasetInfo
 from bnsweep.measure import MEASURES, MeasureSpec, Measurements
 from bnsweep.measure.activations import QUANTILES
 from bnsweep.measure.curvature import power_iteration
-from bnsweep.measure.probe import StepContext, generators
+from bnsweep.measure.probe import generators
 from bnsweep.measure.schedule import Schedule
 from bnsweep.models import DlnOptions, VggOptions, build_model, weight_layers
 from bnsweep.norms import NORMS, norm_layer

@@ -46,7 +46,6 @@ class Activations(Measurement):
         self.targets = [(k, mods[k - 1], int(torch.randint(weights[k - 1].weight.shape[0], (1,), generator=g))) for k in options.layers]
         self.rows: list[dict] = []
         self.handles: dict = {}
-        self.hook_s = 0.0  # time spent in the hooks, inside the training forward pass
 
     def before_forward(self, step: int) -> None:
         for k, module, unit in self.targets:
