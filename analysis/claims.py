@@ -1,4 +1,4 @@
-"""The paper's claims (paper-protocol.md), each checked against a sweep's summaries.
+"""The paper's claims (docs/protocol.md), each checked against a sweep's summaries.
 
     claims.check(robustness, ranges, smooth)   # -> [Claim], one per entry of CLAIMS
 

@@ -5,8 +5,9 @@
     steps = load.table("runs/quickstart", "steps")    # a LazyFrame over every sweep's rows
     load.tables("runs/quickstart", "quickstart")      # {name: LazyFrame} for the tables present
 
-Every scan uses the table's fixed schema from `bnsweep.records.SCHEMAS`, so files written before a
-column existed read with nulls there, and Hive partitions (`sweep=`, `arch=`, `norm=`) prune files.
+The layout is `bnsweep.layout`'s and the reading `bnsweep.records.Store.scan`'s: every scan uses the
+table's fixed schema (files written before a column existed read with nulls there), and damaged or
+stray files are left out with a warning line that names them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import pyarrow.fs as pafs
 import polars as pl
 
 from bnsweep.errors import UserError, unknown
-from bnsweep.records import SCHEMAS, Store
-
-TABLES = tuple(SCHEMAS)  # cells, steps, evals, then one per measurement
+from bnsweep.layout import SCHEMAS, TABLES, table_dir
+from bnsweep.records import Store
 
 
 def schema(name: str) -> pl.Schema:
@@ -31,49 +31,37 @@ def store(output: str) -> Store:
     info = s.fs.get_file_info(s.root)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"output {output!r} does not exist (give the `output` folder of a sweep, e.g. runs/quickstart)")
-    if not any(_has_files(s, name) for name in TABLES):
+    if not any(s.fs.get_file_info(table_dir(s.root, name)).type == pafs.FileType.Directory for name in TABLES):
         raise UserError(f"no bnsweep tables under {output!r} (expected folders named {', '.join(TABLES)})")
     return s
-
-
-def _has_files(s: Store, name: str, sweep: str | None = None) -> bool:
-    folder = f"{s.root}/{name}" + (f"/sweep={sweep}" if sweep else "")
-    if s.fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return False
-    found = s.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-    return any(f.type == pafs.FileType.File and f.base_name.endswith(".parquet") for f in found)
 
 
 def sweeps(output: str) -> list[str]:
     """Names of the sweeps with rows in any table under `output`, sorted."""
     s, names = store(output), set()
     for name in TABLES:
-        folder = f"{s.root}/{name}"
+        folder = table_dir(s.root, name)
         if s.fs.get_file_info(folder).type == pafs.FileType.Directory:
             for f in s.fs.get_file_info(pafs.FileSelector(folder)):
                 if f.type == pafs.FileType.Directory and f.base_name.startswith("sweep="):
                     names.add(f.base_name.removeprefix("sweep="))
-    return sorted(n for n in names if any(_has_files(s, t, n) for t in TABLES))
+    return sorted(n for n in names if any(s.files(t, n)[0] for t in TABLES))
 
 
 def present(output: str, sweep: str | None = None) -> list[str]:
-    """The tables with at least one file under `output` (for `sweep` only, if given)."""
+    """The tables with at least one readable file under `output` (for `sweep` only, if given)."""
     s = store(output)
-    return [name for name in TABLES if _has_files(s, name, sweep)]
+    return [name for name in TABLES if s.files(name, sweep)[0]]
 
 
 def table(output: str, name: str, sweep: str | None = None) -> pl.LazyFrame:
     """Every row of table `name` under `output` (one sweep's rows if `sweep` is given); empty if absent."""
     if name not in SCHEMAS:
         raise unknown("table", name, TABLES)
-    s = store(output)
-    if not _has_files(s, name, sweep):
-        return pl.LazyFrame(schema=schema(name))
-    path, options = s.scan_target(f"{name}" + (f"/sweep={sweep}" if sweep else "") + "/**/*.parquet")
-    return pl.scan_parquet(path, hive_partitioning=True, schema=schema(name), storage_options=options,
-                           missing_columns="insert", extra_columns="ignore")
+    return store(output).scan(name, sweep)
 
 
 def tables(output: str, sweep: str | None = None) -> dict[str, pl.LazyFrame]:
     """{name: LazyFrame} for every table present under `output` (for `sweep` only, if given)."""
-    return {name: table(output, name, sweep) for name in present(output, sweep)}
+    s = store(output)
+    return {name: s.scan(name, sweep) for name in TABLES if s.files(name, sweep)[0]}

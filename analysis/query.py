@@ -14,8 +14,9 @@ import polars as pl
 
 from analysis import load
 from bnsweep.errors import UserError
+from bnsweep.layout import KEY_NAMES, TABLES
 
-KEY_COLUMNS = "cell_id, sweep, arch, norm, lr, seed"
+KEY_COLUMNS = ", ".join(KEY_NAMES)
 
 
 def context(output: str) -> pl.SQLContext:
@@ -27,7 +28,7 @@ def _one_line(e: BaseException, output: str) -> str:
     msg = " ".join(str(e).split("\n\n")[0].split())
     here = load.present(output)
     if "relation" in msg and "not found" in msg:
-        absent = [t for t in load.TABLES if t not in here]
+        absent = [t for t in TABLES if t not in here]
         msg += f"; tables here: {', '.join(here)}" + (f" (not in this output: {', '.join(absent)})" if absent else "")
     elif "ambiguous reference" in msg:
         msg += f"; every table carries {KEY_COLUMNS}: qualify the column (steps.norm) or join USING ({KEY_COLUMNS})"

@@ -2,7 +2,7 @@
 
     python bench/measure_overhead.py [--steps 500] [--repeats 3] [--device cpu|cuda]
 
-Schedule (paper-protocol.md section 3): ICS on 2 layers, an 8-point landscape and activations on
+Schedule (docs/protocol.md section 4): ICS on 2 layers, an 8-point landscape and activations on
 3 layers, every 100 steps. Cells: the paper's DLN (25 x 10x10, full batch 1000) and VGG-16 on
 CIFAR-shaped data (3x32x32, batch 128; width 1/8 on CPU, full width on a GPU). Off and on alternate;
 the medians give the ratio, and each measurement's share of the extra time comes from its timer.

@@ -6,7 +6,7 @@ This is what a Ray trial calls, and what a bare loop calls; it knows nothing of 
 from __future__ import annotations
 
 import datetime as dt
-import io
+import pickle
 import platform
 import socket
 import time
@@ -15,13 +15,10 @@ import traceback
 import torch
 
 import bnsweep
-from bnsweep.records import KEYS, SCHEMAS, Store, table
+from bnsweep.layout import RESULT_TABLES
+from bnsweep.records import Store, cells_row, columns, table
 from bnsweep.spec import CellConfig
-from bnsweep.train import TrainResult, train_cell
-
-from bnsweep.measure import MEASURES
-
-RESULT_TABLES = ("steps", "evals", *MEASURES)
+from bnsweep.train import TrainState, train_cell
 
 
 def provenance(device: str, node_id: str) -> dict:
@@ -32,27 +29,18 @@ def provenance(device: str, node_id: str) -> dict:
     }
 
 
-def cells_row(cell: CellConfig, res: TrainResult | None, started: dt.datetime, wall_s: float, node_id: str, error: str | None) -> dict:
-    t = cell.train
-    return {
-        "dataset": cell.dataset.name, "steps": t.steps, "batch_size": t.batch_size,
-        "momentum": t.momentum, "weight_decay": t.weight_decay, "augment": t.augment,
-        "status": res.status if res else "failed",
-        "steps_done": len(res.steps["step"]) if res else 0,
-        "diverged_step": res.diverged_step if res else None, "error": error,
-        "resumed_from": res.resumed_from if res else None,
-        "started_at": started, "finished_at": started + dt.timedelta(seconds=wall_s), "wall_s": wall_s,
-        "train_s": res.train_s if res else None, "eval_s": res.eval_s if res else None,
-        **provenance(res.device if res else cell.device, node_id),
-        "config_json": cell.model_dump_json(),
-        **{f"{name}_s": s for name, s in (res.measure_s if res else {}).items()},
-    }
-
-
-def columns(rows: list[dict], name: str) -> dict[str, list]:
-    """Row dicts -> the columns of table `name` (key columns are added by `table`)."""
-    keys = {f.name for f in KEYS}
-    return {f.name: [r.get(f.name) for r in rows] for f in SCHEMAS[name] if f.name not in keys}
+def load_checkpoint(store: Store, path: str) -> dict | None:
+    """The saved TrainState at `path`, or None. A checkpoint that does not load as tensors and plain
+    data (truncated, corrupt, or carrying code) is moved aside under `_damaged/`, and the cell restarts."""
+    blob = store.get(path)
+    if blob is None:
+        return None
+    try:
+        return TrainState.read(blob)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+        store.move_aside(path, f"checkpoint does not load safely ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                               "the cell restarts from step 0")
+        return None
 
 
 def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str | None = None) -> dict:
@@ -66,10 +54,9 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
     res, error = None, None
     ckpt = store.checkpoint_path(cell)
     try:
-        blob = store.get(ckpt) if cell.checkpoint_every else None
-        resume = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False) if blob else None
-        save = lambda state: store.put(ckpt, _serialise(state))
-        res = train_cell(cell, device=device, resume=resume, checkpoint=save, checkpoint_every=cell.checkpoint_every)
+        resume = load_checkpoint(store, ckpt) if cell.checkpoint_every else None
+        res = train_cell(cell, device=device, resume=resume, checkpoint=lambda blob: store.put(ckpt, blob),
+                         checkpoint_every=cell.checkpoint_every)
     except Exception as e:  # the sweep goes on; the cell runs again next time
         error = f"{type(e).__name__}: {e}"[:2000]
         traceback.print_exc()
@@ -81,13 +68,8 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
     else:  # leave no rows of an earlier, interrupted attempt beside a failed cell
         for name in RESULT_TABLES:
             store.delete(name, cell)
-    row = cells_row(cell, res, started, time.perf_counter() - t0, node_id, error)
+    wall_s = time.perf_counter() - t0
+    row = cells_row(cell, res, started, wall_s, provenance(res.device if res else cell.device, node_id), error)
     store.write("cells", cell, table("cells", cell, {k: [v] for k, v in row.items()}))
     store.remove(ckpt)
     return {"cell_id": cell.cell_id, "status": row["status"], "wall_s": row["wall_s"], "error": error}
-
-
-def _serialise(state: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()

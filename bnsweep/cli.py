@@ -29,7 +29,7 @@ def _summary(cells, output: str) -> str:
     from bnsweep.records import Store
 
     store, ids = Store(output), [c.cell_id for c in cells]
-    keep = lambda name: pl.from_arrow(store.read(name, cells[0].sweep)).lazy().filter(pl.col("cell_id").is_in(ids))
+    keep = lambda name: store.scan(name, cells[0].sweep).filter(pl.col("cell_id").is_in(ids))
     s = summaries.final_metrics(keep("cells"), keep("evals"))
     rows = [{
         "arch": r["arch"], "norm": r["norm"], "lr": f"{r['lr']:g}",

@@ -17,8 +17,9 @@ import torch
 from pydantic import Field
 
 from bnsweep.errors import UserError
-from bnsweep.norms import Options
+from bnsweep.options import Options
 
+DIGITS = 1797  # samples in scikit-learn's bundled digits set
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -30,6 +31,7 @@ class DatasetInfo:
     input_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors
     out_dim: int  # classes, or target width for regression
     task: Literal["classification", "regression"]
+    train_size: int  # samples in the training split
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Cifar10:
 
     @staticmethod
     def info(spec: Cifar10Spec) -> DatasetInfo:
-        return DatasetInfo("cifar10", (3, 32, 32), 10, "classification")
+        return DatasetInfo("cifar10", (3, 32, 32), 10, "classification", 50_000)
 
     @classmethod
     def missing(cls, spec: Cifar10Spec) -> str | None:
@@ -129,7 +131,7 @@ class Digits:
 
     @staticmethod
     def info(spec: DigitsSpec) -> DatasetInfo:
-        return DatasetInfo("digits", (1, 8, 8), 10, "classification")
+        return DatasetInfo("digits", (1, 8, 8), 10, "classification", DIGITS - round(DIGITS * spec.test_fraction))
 
     @staticmethod
     def missing(spec: DigitsSpec) -> str | None:
@@ -169,7 +171,7 @@ class GaussianRegression:
 
     @staticmethod
     def info(spec: GaussianRegressionSpec) -> DatasetInfo:
-        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression")
+        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression", spec.samples)
 
     @staticmethod
     def missing(spec: GaussianRegressionSpec) -> str | None:
@@ -201,4 +203,6 @@ def load_data(spec: Options, device: str) -> Data:
     ds = DATASETS[spec.name]
     ds.prepare(spec)
     xtr, ytr, xte, yte = (t.to(device) for t in ds.load(spec))
-    return Data(ds.info(spec), xtr, ytr, xte, yte)
+    info = ds.info(spec)
+    assert len(xtr) == info.train_size, f"{spec.name}: info() says {info.train_size} training samples, load() gave {len(xtr)}"
+    return Data(info, xtr, ytr, xte, yte)

@@ -4,6 +4,10 @@ The CLI prints it as a single line and exits with status 2; everything else is a
 its traceback.
 """
 
+from __future__ import annotations
+
+import typing
+
 
 class UserError(Exception):
     """A mistake in the user's input, with a message that names the bad value and what is allowed."""
@@ -42,30 +46,35 @@ def validation_error(e, prefix: tuple = ()) -> UserError:
     return UserError("; ".join(parts))
 
 
-def _allowed_keys(e, loc: tuple) -> list[str]:
-    """The keys the model at `loc`'s parent accepts, found by walking the schema from the root."""
-    import typing
-
+def _models_in(annotation, depth: int = 4) -> list:
+    """The pydantic models an annotation names: itself, or the members of an Optional, a union or Annotated."""
     from pydantic import BaseModel
 
-    cls = _MODELS_BY_TITLE.get(e.title)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for a in typing.get_args(annotation) if depth else ():
+        found += [m for m in _models_in(a, depth - 1) if m not in found]
+    return found
+
+
+def _allowed_keys(e, loc: tuple) -> list[str]:
+    """The keys the model at `loc`'s parent accepts, found by walking the schema from the root.
+
+    A location part that is no field name is a discriminated union's tag (`dataset.digits`): the
+    member whose `name` field defaults to that tag is taken.
+    """
+    root = _MODELS_BY_TITLE.get(e.title)
+    candidates = [root] if root else []
     for part in loc[:-1]:
-        if cls is None:
-            return []
         if isinstance(part, int):
             continue
-        field = cls.model_fields.get(part)
-        if field is None:  # a discriminated-union tag: the dataset name
-            from bnsweep.data import DATASETS
-
-            cls = DATASETS[part].Spec if part in DATASETS else None
-            continue
-        cls = None
-        for t in [field.annotation, *typing.get_args(field.annotation)]:
-            for a in [t, *typing.get_args(t)]:
-                if isinstance(a, type) and issubclass(a, BaseModel):
-                    cls = a
-    return list(cls.model_fields) if cls else []
+        owner = next((c for c in candidates if part in c.model_fields), None)
+        if owner is not None:
+            candidates = _models_in(owner.model_fields[part].annotation)
+        else:
+            candidates = [c for c in candidates if "name" in c.model_fields and c.model_fields["name"].default == part]
+    return list(candidates[0].model_fields) if len(candidates) == 1 else []
 
 
 _MODELS_BY_TITLE: dict = {}

@@ -19,6 +19,7 @@ import time
 import uuid
 
 from bnsweep.errors import UserError
+from bnsweep.layout import lock_file
 from bnsweep.records import Store
 
 HEARTBEAT_S = 10.0
@@ -41,7 +42,7 @@ def _alive(rec: dict) -> bool:
 class RunLock:
     def __init__(self, store: Store, sweep: str):
         self.store, self.sweep = store, sweep
-        self.path = f"{store.root}/_locks/{sweep}.json"
+        self.path = lock_file(store.root, sweep)
         self.record = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         self._stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Networks: VGG from a list spec, and the deep linear network (paper-protocol.md section 1).
+"""Networks: VGG from a list spec, and the deep linear network (docs/protocol.md section 2).
 
 Every model takes a `norm_layer(num_features)` callable and places it after each weight layer
 but the last, before the non-linearity (conv -> norm -> ReLU) [P]. Weights are Glorot-uniform,
@@ -16,7 +16,8 @@ import torch.nn as nn
 from pydantic import Field
 
 from bnsweep.errors import UserError
-from bnsweep.norms import NORM_TYPES, NormLayer, Options
+from bnsweep.norms import NORM_TYPES, NormLayer
+from bnsweep.options import Options
 
 if TYPE_CHECKING:
     from bnsweep.data import DatasetInfo
@@ -94,6 +95,11 @@ class VGG(nn.Module):
     def forward(self, x):  # (B, C, H, W) -> (B, classes)
         return self.head(self.features(x).flatten(1))
 
+    @staticmethod
+    def protocol(info: DatasetInfo) -> dict[str, int]:
+        """Training defaults for a spec that leaves them unset: 15,000 steps of batch 128 [P]."""
+        return {"steps": 15000, "batch_size": 128}
+
     @classmethod
     def build(cls, arch: str, options: VggOptions, norm_layer: NormLayer, info: DatasetInfo) -> VGG:
         return cls(VGG_CFGS[arch], norm_layer, info.input_shape, info.out_dim, options)
@@ -127,6 +133,11 @@ class DLN(nn.Module):
 
     def forward(self, x):  # (B, D) -> (B, out_dim)
         return self.body(x)
+
+    @staticmethod
+    def protocol(info: DatasetInfo) -> dict[str, int]:
+        """Training defaults for a spec that leaves them unset: 10,000 steps of full-batch gradient descent [P]."""
+        return {"steps": 10000, "batch_size": info.train_size}
 
     @classmethod
     def build(cls, arch: str, options: DlnOptions, norm_layer: NormLayer, info: DatasetInfo) -> DLN:

@@ -1,4 +1,4 @@
-"""Normalisation variants: the sweep's `norm` axis (paper-protocol.md section 2).
+"""Normalisation variants: the sweep's `norm` axis (docs/protocol.md section 3).
 
 Every variant normalises per channel: over (N, H, W) after a conv, over N after a linear layer.
 Each is one class with its option model, registered in `NORMS`; models receive a
@@ -12,19 +12,11 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bnsweep.options import NoOptions, Options
 
 NormLayer = Callable[[int], nn.Module]
-
-
-class Options(BaseModel):
-    """Base of every option model: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NoOptions(Options):
-    """This variant takes no options."""
 
 
 class BatchOptions(Options):

@@ -18,6 +18,7 @@ from bnsweep.cell import run_cell
 from bnsweep.data import DATASETS
 from bnsweep.errors import UserError
 from bnsweep.lock import RunLock
+from bnsweep.measure import enabled
 from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 
@@ -162,7 +163,9 @@ def _sees(uri: str, path: str) -> bool:
 
 
 def pending_cells(cells: list[CellConfig], store: Store) -> list[CellConfig]:
-    finished = store.finished(cells[0].sweep) if cells else {}
+    """The cells without a trusted result; damaged files are moved aside and their cells run again."""
+    required = {c.cell_id: ["steps", "evals", *(name for name, _ in enabled(c.measure))] for c in cells}
+    finished = store.finished(cells[0].sweep, required) if cells else {}
     return [c for c in cells if c.cell_id not in finished]
 
 

@@ -1,7 +1,7 @@
 """The sweep spec: YAML -> validated `SweepSpec` -> `expand()` -> one `CellConfig` per grid cell.
 
 Defaults live here, once, on the fields ([P] stated in the paper, [I] our inference, [U] unknown
-and made an option; see paper-protocol.md). Sweep files hold only overrides. Nothing here
+and made an option; see docs/protocol.md). Sweep files hold only overrides. Nothing here
 imports Ray, so bad input fails before any worker starts.
 """
 
@@ -12,13 +12,14 @@ import itertools
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
-from bnsweep.data import DATASETS, DatasetInfo
+from bnsweep.data import DATASETS
 from bnsweep.errors import UserError, register_model, unknown, validation_error
 from bnsweep.measure import MeasureSpec, layered
 from bnsweep.models import MODEL_FAMILIES, MODELS, count_weight_layers
-from bnsweep.norms import NORMS, Options
+from bnsweep.norms import NORMS
+from bnsweep.options import Options
 
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
 TRAIN_VERSION = 1
@@ -38,8 +39,8 @@ NormOptions = create_model(
 class TrainSpec(Options):
     """Plain SGD with a constant learning rate [P: 'standard SGD', 'fixed learning rate']."""
 
-    steps: int = Field(15000, gt=0, description="SGD steps per cell (15,000 for VGG [P]; 10,000 for the DLN [P]).")
-    batch_size: int = Field(128, gt=0, description="Samples per step (128 for VGG [P]; the full 1000 for the DLN [P]).")
+    steps: int | None = Field(None, gt=0, description="SGD steps per cell; unset: the architecture's protocol (15,000 for VGG [P]; 10,000 for the DLN [P]).")
+    batch_size: int | None = Field(None, gt=0, description="Samples per step; unset: the architecture's protocol (128 for VGG [P]; the whole training set, full-batch gradient descent, for the DLN [P]).")
     eval_every: int = Field(1000, ge=0, description="Steps between full train/test evaluations (about every 1k in Fig. 1 [P]); 0 = only at the start and the end.")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum; 0 in the paper [I].")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay; 0 in the paper [P].")
@@ -134,7 +135,11 @@ class SweepSpec(Settings):
 
 
 class CellConfig(Options):
-    """One fully resolved cell: everything that determines its result, plus where it runs."""
+    """One fully resolved cell: everything that determines its result, plus where it runs.
+
+    `model` holds the options of the arch's family and `norm_options` those of the norm variant,
+    each as its own validated option model; `train` has the protocol defaults filled in.
+    """
 
     sweep: str
     arch: str
@@ -142,22 +147,26 @@ class CellConfig(Options):
     lr: float
     seed: int
     dataset: DatasetSpec
-    model: dict[str, Any]  # the arch family's options, validated
-    norm_options: dict[str, Any]  # the norm variant's options, validated
+    model: SerializeAsAny[Options]
+    norm_options: SerializeAsAny[Options]
     train: TrainSpec
     device: Literal["auto", "cpu", "cuda"]
     resources: Resources
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     checkpoint_every: int = 1000
 
-    def model_opts(self) -> Options:
-        return MODELS[self.arch].Options(**self.model)
-
-    def norm_opts(self) -> Options:
-        return NORMS[self.norm].Options(**self.norm_options)
-
-    def info(self) -> DatasetInfo:
-        return DATASETS[self.dataset.name].info(self.dataset)
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_options(cls, data: Any) -> Any:
+        """model / norm_options given as dicts (JSON from the driver) become the arch's and norm's option models."""
+        if isinstance(data, dict) and data.get("arch") in MODELS and data.get("norm") in NORMS:
+            data = dict(data)
+            for key, want in (("model", MODELS[data["arch"]].Options), ("norm_options", NORMS[data["norm"]].Options)):
+                if isinstance(data.get(key), dict):
+                    data[key] = want.model_validate(data[key])
+                elif not isinstance(data.get(key), want):
+                    raise ValueError(f"{key}: expected {want.__name__} options for {data['arch'] if key == 'model' else data['norm']!r}")
+        return data
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the result: not where it runs, how often it checkpoints, nor where the data sits."""
@@ -202,6 +211,7 @@ def expand(spec: SweepSpec) -> list[CellConfig]:
         s = block_settings(spec, i)
         where = f"grid[{i}]" if len(spec.grid) > 1 else "grid"
         info = DATASETS[s.dataset.name].info(s.dataset)
+        unset = {k for k in ("steps", "batch_size") if getattr(s.train, k) is None}
         if s.train.augment and DATASETS[s.dataset.name].augment is None:
             raise UserError(f"{where}: train.augment: true is not supported for dataset {s.dataset.name!r}; datasets with augmentation: "
                             + ", ".join(n for n, d in DATASETS.items() if d.augment is not None))
@@ -217,11 +227,12 @@ def expand(spec: SweepSpec) -> list[CellConfig]:
                 if bad := [k for k in layers if not 1 <= k <= n]:
                     raise UserError(f"{where}: measure.{name}.layers: {bad} out of range for arch {arch!r}, whose weight layers are #1..#{n}")
         for arch, norm, lr, seed in itertools.product(g.arch, g.norm, g.lr, g.seed):
+            protocol = MODELS[arch].protocol(info)
             cell = CellConfig(
                 sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
-                model=getattr(s.model, MODELS[arch].family).model_dump(),
-                norm_options=getattr(s.norm_options, norm).model_dump(),
-                train=s.train, device=s.device, resources=s.resources, measure=s.measure,
+                model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
+                train=s.train.model_copy(update={k: protocol[k] for k in unset}),
+                device=s.device, resources=s.resources, measure=s.measure,
                 checkpoint_every=s.checkpoint_every,
             )
             if cell.cell_id in cells:

@@ -9,16 +9,18 @@ evaluation at step t is taken after t updates (so evaluation 0 is the initialisa
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from bnsweep.data import DATASETS, Data, load_data
-from bnsweep.measure import Measurements
+from bnsweep.measure.session import Measurements
 from bnsweep.models import build_model
 from bnsweep.norms import norm_layer
 from bnsweep.spec import CellConfig
@@ -100,12 +102,69 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 1000 + stream)
 
 
+@dataclass
+class TrainState:
+    """Everything training has so far: the one thing a checkpoint saves and a resume restores.
+
+    `state_dict()` holds tensors and plain Python data only, so a checkpoint loads with
+    `torch.load(..., weights_only=True)` and cannot carry code.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]  # noise, order, augment
+    order: BatchOrder
+    losses: torch.Tensor  # (steps,) training loss per step, filled up to `step`
+    accs: torch.Tensor  # (steps,) training accuracy per step
+    probes: Measurements  # their rows so far
+    evals: list[dict] = field(default_factory=list)
+    step: int = 0  # updates applied
+    limit: float = math.inf  # the divergence threshold, fixed from the step-0 loss
+    checked: int = 0  # steps [0, checked) passed the divergence test
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent by earlier attempts
+
+    def state_dict(self, seconds: dict[str, float] | None = None) -> dict:
+        """The state as tensors and plain data; `seconds`: time spent up to now (default: by earlier attempts)."""
+        return {
+            "step": self.step, "limit": self.limit, "checked": self.checked,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "generators": {k: g.get_state() for k, g in self.generators.items()},
+            "order": {"perm": self.order.perm.cpu() if self.order.perm is not None else None, "pos": self.order.pos},
+            "losses": self.losses[: self.step].cpu(), "accs": self.accs[: self.step].cpu(),
+            "evals": self.evals, "measure_rows": self.probes.rows,
+            "seconds": self.seconds if seconds is None else seconds,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        dev = self.losses.device
+        self.step, self.limit, self.checked = d["step"], d["limit"], d["checked"]
+        self.model.load_state_dict(d["model"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        for k, g in self.generators.items():
+            g.set_state(d["generators"][k])
+        perm = d["order"]["perm"]
+        self.order.perm, self.order.pos = (perm.to(dev) if perm is not None else None), d["order"]["pos"]
+        self.losses[: self.step], self.accs[: self.step] = d["losses"].to(dev), d["accs"].to(dev)
+        self.evals, self.probes.rows, self.seconds = d["evals"], d["measure_rows"], d["seconds"]
+
+    def to_bytes(self, seconds: dict[str, float] | None = None) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.state_dict(seconds), buf)
+        return buf.getvalue()
+
+    @staticmethod
+    def read(blob: bytes) -> dict:
+        """A saved state, loaded with weights_only=True (tensors and plain data, never code)."""
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
 def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None = None,
-               checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 0) -> TrainResult:
+               checkpoint: Callable[[bytes], None] | None = None, checkpoint_every: int = 0) -> TrainResult:
     """Train one cell and return its step, evaluation and measurement records.
 
-    `resume` is a state an earlier attempt passed to `checkpoint` (every `checkpoint_every` steps);
-    training from it continues exactly as the uninterrupted run would have (bit for bit on CPU).
+    `resume` is a `TrainState.state_dict()` an earlier attempt saved through `checkpoint` (called with
+    `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run would
+    have (bit for bit on CPU).
     """
     dev = resolve_device(device or cell.device)
     data = load_data(cell.dataset, str(dev))
@@ -114,89 +173,74 @@ def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None 
 
     torch.manual_seed(cell.seed)  # initialisation
     noise = _generator(cell.seed, 1, dev)
-    model = build_model(cell.arch, cell.model_opts(), norm_layer(cell.norm, cell.norm_opts(), noise), data.info).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=cell.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    lf = loss_fn(data.info.task)
+    model = build_model(cell.arch, cell.model, norm_layer(cell.norm, cell.norm_options, noise), data.info).to(dev)
     order = BatchOrder(len(data.x_train), t.batch_size, _generator(cell.seed, 0, torch.device("cpu")), dev)
+    st = TrainState(
+        model=model, order=order,
+        optimizer=torch.optim.SGD(model.parameters(), lr=cell.lr, momentum=t.momentum, weight_decay=t.weight_decay),
+        generators={"noise": noise, "order": order.g, "augment": _generator(cell.seed, 2, dev)},
+        losses=torch.empty(t.steps, device=dev, dtype=torch.float64),
+        accs=torch.empty(t.steps, device=dev, dtype=torch.float64),
+        probes=Measurements(cell.measure, model, t.steps, cell.seed),
+    )
+    lf = loss_fn(data.info.task)
     augment = DATASETS[cell.dataset.name].augment if t.augment else None
-    aug_gen = _generator(cell.seed, 2, dev)
-    probes = Measurements(cell.measure, model, t.steps, cell.seed)
-    gens = {"noise": noise, "order": order.g, "augment": aug_gen}
-
-    losses = torch.empty(t.steps, device=dev, dtype=torch.float64)
-    accs = torch.empty(t.steps, device=dev, dtype=torch.float64)
     res = TrainResult(status="done", device=str(dev))
-    limit, checked, start, spent = math.inf, 0, 0, {}  # checked: steps [0, checked) passed the divergence test
     t0 = time.perf_counter()
     if resume is None:
-        res.evals += evaluate(model, data, 0, t.eval_batch_size)
+        st.evals += evaluate(model, data, 0, t.eval_batch_size)
         res.eval_s += time.perf_counter() - t0
     else:
-        start, limit, checked = resume["step"], resume["limit"], resume["checked"]
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        for k, g in gens.items():
-            g.set_state(resume["generators"][k])
-        order.perm, order.pos = (resume["order"][0].to(dev) if resume["order"][0] is not None else None), resume["order"][1]
-        losses[:start], accs[:start] = resume["losses"].to(dev), resume["accs"].to(dev)
-        res.evals, probes.rows, spent = resume["evals"], resume["measure_rows"], resume["seconds"]
-        res.resumed_from = start
+        st.load_state_dict(resume)
+        res.resumed_from = st.step
     model.train()
-    for step in range(start, t.steps):
+    for step in range(st.step, t.steps):
         idx = order.next()
         x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
         if augment is not None:
-            x = augment(x, aug_gen)
-        probes.before_forward(step)
+            x = augment(x, st.generators["augment"])
+        st.probes.before_forward(step)
         out = model(x)
         loss = lf(out, y)
-        opt.zero_grad(set_to_none=True)
+        st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        probes.after_backward(step, opt, x, y, lf, loss)  # the one measurement point: w and g of this step
-        opt.step()
-        losses[step] = loss.detach()
+        st.probes.after_backward(step, st.optimizer, x, y, lf, loss)  # the one measurement point: w and g of this step
+        st.optimizer.step()
+        st.losses[step] = loss.detach()
         if classification:
-            accs[step] = (out.argmax(1) == y).float().mean()
+            st.accs[step] = (out.argmax(1) == y).float().mean()
 
-        done = step + 1
+        done = st.step = step + 1
         eval_due = t.eval_every and done % t.eval_every == 0 and done < t.steps
         save_due = checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < t.steps
         if done % CHECK_EVERY == 0 or eval_due or save_due or done == t.steps:
-            window = losses[checked:done]
-            if checked == 0:
-                limit = t.divergence_factor * abs(window[0].item())
-            bad = (~torch.isfinite(window)) | (window > limit)
+            window = st.losses[st.checked:done]
+            if st.checked == 0:
+                st.limit = t.divergence_factor * abs(window[0].item())
+            bad = (~torch.isfinite(window)) | (window > st.limit)
             if bad.any():
-                res.status, res.diverged_step = "diverged", checked + int(bad.nonzero()[0, 0])
+                res.status, res.diverged_step = "diverged", st.checked + int(bad.nonzero()[0, 0])
                 break
-            checked = done
+            st.checked = done
         if eval_due:
             te = time.perf_counter()
-            res.evals += evaluate(model, data, done, t.eval_batch_size)
+            st.evals += evaluate(model, data, done, t.eval_batch_size)
             res.eval_s += time.perf_counter() - te
         if save_due:
-            checkpoint({
-                "step": done, "limit": limit, "checked": checked,
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generators": {k: g.get_state() for k, g in gens.items()},
-                "order": (order.perm.cpu() if order.perm is not None else None, order.pos),
-                "losses": losses[:done].cpu(), "accs": accs[:done].cpu(),
-                "evals": res.evals, "measure_rows": probes.rows,
-                "seconds": _seconds(res, probes, t0, spent),
-            })
+            checkpoint(st.to_bytes(seconds=_seconds(res, st.probes, t0, st.seconds)))
 
     n = t.steps if res.diverged_step is None else res.diverged_step + 1
     if res.status == "done":
         te = time.perf_counter()
-        res.evals += evaluate(model, data, t.steps, t.eval_batch_size)
+        st.evals += evaluate(model, data, t.steps, t.eval_batch_size)
         res.eval_s += time.perf_counter() - te
-    total = _seconds(res, probes, t0, spent)
+    total = _seconds(res, st.probes, t0, st.seconds)
     res.train_s, res.eval_s = total.pop("train"), total.pop("eval")
-    res.measure_rows, res.measure_s = probes.rows, total
+    res.evals, res.measure_rows, res.measure_s = st.evals, st.probes.rows, total
     res.steps = {
         "step": list(range(n)),
-        "loss": losses[:n].double().cpu().tolist(),
-        "accuracy": accs[:n].double().cpu().tolist() if classification else [None] * n,
+        "loss": st.losses[:n].double().cpu().tolist(),
+        "accuracy": st.accs[:n].double().cpu().tolist() if classification else [None] * n,
     }
     return res
 

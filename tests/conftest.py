@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnsweep.measure import MEASURES
+
 # before Ray starts anything (see bnsweep.runner.RAY_ENV)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -53,9 +55,12 @@ def spec_file(tmp_path):
     return make
 
 
-# Every measurement, cheaply, on every normalisation variant: the tables every figure needs.
-MEASURE_ALL = {"ics": {"every": 10, "layers": [2]}, "landscape": {"every": 10, "eta": {"points": 3}},
-               "activations": {"every": 10, "layers": [1, 2]}, "curvature": {"steps": [5, 20], "iterations": 3}}
+# Every measurement, cheaply, with the example options its class carries: a measurement added to the
+# registry is picked up by every test that uses these.
+MEASURE_ALL = {name: cls.example for name, cls in MEASURES.items()}
+# columns of the cells table that time or place a run, and so differ between two identical runs
+TIMING = ["started_at", "finished_at", "wall_s", "train_s", "eval_s", "resumed_from", "node_id", "hostname",
+          *(f"{name}_s" for name in MEASURES)]
 
 
 @pytest.fixture(scope="session")

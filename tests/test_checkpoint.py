@@ -7,13 +7,15 @@ import torch
 
 from bnsweep.cell import run_cell
 from bnsweep.norms import NORMS
-from bnsweep.records import SCHEMAS, Store
+from bnsweep.layout import SCHEMAS
+from bnsweep.records import Store
 from bnsweep.spec import CellConfig
-from bnsweep.train import train_cell
+from bnsweep.train import TrainState, train_cell
 from test_measure_cells import ALL_ON, with_measure
+from conftest import TIMING
 from test_train import cell
 
-TIMING = {"started_at", "finished_at", "wall_s", "train_s", "eval_s", "resumed_from", "ics_s", "landscape_s", "activations_s", "curvature_s"}
+
 
 
 class Stop(Exception):
@@ -24,8 +26,8 @@ def interrupted(c: CellConfig, at: int) -> dict:
     """Train `c` with checkpoints, 'crash' right after the checkpoint at step `at`; return that state."""
     saved = {}
 
-    def save(state):
-        saved["state"] = torch.load(io.BytesIO(_bytes(state)), weights_only=False)  # through bytes, as in the store
+    def save(blob: bytes):
+        saved["state"] = state = TrainState.read(blob)  # through bytes, as in the store
         if state["step"] == at:
             raise Stop
 

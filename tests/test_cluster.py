@@ -17,14 +17,14 @@ from bnsweep.cli import main
 from bnsweep.cluster import validate_cluster
 from bnsweep.errors import UserError
 from bnsweep.lock import RunLock
-from bnsweep.records import SCHEMAS, Store
+from bnsweep.layout import SCHEMAS
+from bnsweep.records import Store
 from bnsweep.specfile import load_cells
-from conftest import ROOT, TINY_VGG, tiny_spec, write_spec
+from conftest import ROOT, TIMING, TINY_VGG, tiny_spec, write_spec
 from test_sweep import assert_complete, scan
 
 pytestmark = pytest.mark.ray
-VOLATILE = {"started_at", "finished_at", "wall_s", "train_s", "eval_s", "resumed_from", "node_id", "hostname",
-            "ics_s", "landscape_s", "activations_s", "curvature_s"}
+VOLATILE = set(TIMING)
 
 
 @pytest.mark.parametrize("path", ["cluster.yaml", "cluster-onprem.yaml"])

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from bnsweep.data import DatasetInfo
-from bnsweep.measure import MEASURES, MeasureSpec, Measurements
+from bnsweep.measure import MEASURES, MeasureSpec
+from bnsweep.measure.session import Measurements
 from bnsweep.measure.activations import QUANTILES
 from bnsweep.measure.curvature import power_iteration
 from bnsweep.measure.probe import generators
@@ -21,8 +22,8 @@ from bnsweep.measure.schedule import Schedule
 from bnsweep.models import DlnOptions, VggOptions, build_model, weight_layers
 from bnsweep.norms import NORMS, norm_layer
 
-GAUSS = DatasetInfo("gaussian_regression", (5,), 5, "regression")
-DIGITS = DatasetInfo("digits", (1, 8, 8), 10, "classification")
+GAUSS = DatasetInfo("gaussian_regression", (5,), 5, "regression", 64)
+DIGITS = DatasetInfo("digits", (1, 8, 8), 10, "classification", 1438)
 LR = 0.05
 sse = lambda out, y: (out - y).pow(2).sum()
 

@@ -7,15 +7,15 @@ from bnsweep.cell import run_cell
 from bnsweep.cli import main
 from bnsweep.measure import MEASURES
 from bnsweep.norms import NORMS
-from bnsweep.records import SCHEMAS, Store
+from bnsweep.layout import SCHEMAS
+from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 from bnsweep.specfile import load_cells
 from bnsweep.train import train_cell
-from conftest import TINY_DLN, tiny_spec, write_spec
+from conftest import MEASURE_ALL, TINY_DLN, tiny_spec, write_spec
 from test_train import cell
 
-ALL_ON = {"ics": {"every": 4, "layers": [2, 5]}, "landscape": {"every": 4, "eta": {"points": 3}},
-          "activations": {"every": 3, "layers": [1, 3, 7]}, "curvature": {"steps": [2, 7], "iterations": 5}}
+ALL_ON = MEASURE_ALL
 
 
 def with_measure(c: CellConfig, measure: dict) -> CellConfig:
@@ -79,3 +79,22 @@ def test_figure_sweeps_validate_and_measure(path):
 
     spec, cells = load_cells(ROOT / path)
     assert cells and all(any(getattr(c.measure, m) is not None for m in MEASURES) for c in cells)
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_every_registered_measurement_runs_from_its_example(name, tmp_path):
+    """A measurement added to MEASURES is tested here with no edit: its example options run in a real
+    cell without changing training, fill its table with the table's schema, cost time, and its
+    summary rule (if any) gives long rows."""
+    base = cell("vgg_mini", "batch", 0.1, steps=12, eval_every=6)
+    c = with_measure(base, {name: MEASURES[name].example})
+    assert train_cell(c).steps == train_cell(base).steps
+    store = Store(str(tmp_path))
+    assert run_cell(c, store)["status"] == "done"
+    t = store.read(name, "t")
+    assert t.num_rows > 0 and t.schema == SCHEMAS[name]
+    assert store.read("cells", "t")[f"{name}_s"].to_pylist()[0] > 0
+    if MEASURES[name].summary is not None:
+        long = MEASURES[name].summary(pl.from_arrow(t).lazy()).collect()
+        assert {"cell_id", "step", "quantity", "value"} <= set(long.columns) and long.height > 0
+        assert long["value"].is_finite().any()

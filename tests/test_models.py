@@ -11,9 +11,9 @@ from bnsweep.errors import UserError
 from bnsweep.models import MODELS, VGG_CFGS, DlnOptions, VggOptions, build_model, norm_layers, weight_layers
 from bnsweep.norms import NORMS, norm_layer
 
-CIFAR = DatasetInfo("cifar10", (3, 32, 32), 10, "classification")
-DIGITS = DatasetInfo("digits", (1, 8, 8), 10, "classification")
-GAUSS = DatasetInfo("gaussian_regression", (10,), 10, "regression")
+CIFAR = DatasetInfo("cifar10", (3, 32, 32), 10, "classification", 50000)
+DIGITS = DatasetInfo("digits", (1, 8, 8), 10, "classification", 1438)
+GAUSS = DatasetInfo("gaussian_regression", (10,), 10, "regression", 1000)
 
 
 def setup(arch):

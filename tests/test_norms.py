@@ -1,4 +1,4 @@
-"""Normalisation variants against brute-force per-channel formulas (paper-protocol.md section 2)."""
+"""Normalisation variants against brute-force per-channel formulas (docs/protocol.md section 3)."""
 
 import math
 

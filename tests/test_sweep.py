@@ -12,16 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from bnsweep.cli import main
-from bnsweep.records import KEYS, SCHEMAS, Store
+from bnsweep.layout import KEYS, SCHEMAS
+from bnsweep.records import Store
 from bnsweep.specfile import load_cells
-from conftest import ROOT, TINY_DLN, TINY_VGG, tiny_spec, tree_digest, write_spec
+from conftest import MEASURE_ALL, ROOT, TIMING, TINY_DLN, TINY_VGG, tiny_spec, tree_digest, write_spec
 
 pytestmark = pytest.mark.ray
 KEY_NAMES = [f.name for f in KEYS]
-TIMING = ["started_at", "finished_at", "wall_s", "train_s", "eval_s", "node_id", "hostname", "ics_s", "landscape_s", "activations_s", "curvature_s"]
 # every measurement, cheaply: so every table is written through Ray too
-MEASURE = {"ics": {"every": 10, "layers": [2]}, "landscape": {"every": 10, "eta": {"points": 2}},
-           "activations": {"every": 10, "layers": [1]}, "curvature": {"steps": [5], "iterations": 3}}
+MEASURE = MEASURE_ALL
 
 
 def scan(out, name):

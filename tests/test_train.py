@@ -33,7 +33,7 @@ def test_step_zero_loss_is_the_initial_model_on_the_first_batch():
     res = train_cell(c)
     data = load_data(c.dataset, "cpu")
     torch.manual_seed(c.seed)
-    model = build_model(c.arch, c.model_opts(), norm_layer(c.norm, c.norm_opts(), _generator(c.seed, 1, torch.device("cpu"))), data.info)
+    model = build_model(c.arch, c.model, norm_layer(c.norm, c.norm_options, _generator(c.seed, 1, torch.device("cpu"))), data.info)
     idx = BatchOrder(len(data.x_train), 32, _generator(c.seed, 0, torch.device("cpu")), torch.device("cpu")).next()
     out = model(data.x_train[idx])
     assert res.steps["loss"][0] == pytest.approx(loss_fn("classification")(out, data.y_train[idx]).item(), rel=1e-6)

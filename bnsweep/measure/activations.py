@@ -8,14 +8,16 @@ from the cell's seed. Read from the training forward pass itself through a hook.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import torch
 from pydantic import Field
 
 from bnsweep.measure.base import Measurement
 from bnsweep.measure.schedule import Schedule
-from bnsweep.models import layer_outputs, weight_layers
+
+if TYPE_CHECKING:
+    import torch
 
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 Q_COLS = [f"q{round(q * 100):02d}" for q in QUANTILES]
@@ -27,6 +29,8 @@ class ActivationsOptions(Schedule):
 
 def unit_stats(values: torch.Tensor) -> dict:
     """count, mean, var (population), min, quantiles and max of a 1-D tensor."""
+    import torch
+
     v = values.detach().double()
     q = torch.quantile(v, torch.tensor(QUANTILES, dtype=torch.float64, device=v.device))
     return {"count": v.numel(), "mean": v.mean().item(), "var": v.var(unbiased=False).item(),
@@ -39,7 +43,13 @@ class Activations(Measurement):
     columns = [("layer", pa.int64()), ("unit", pa.int64()), ("count", pa.int64()), ("mean", pa.float64()), ("var", pa.float64()),
                ("min", pa.float64()), *[(c, pa.float64()) for c in Q_COLS], ("max", pa.float64())]
 
+    example = {"every": 5, "layers": [1, 3]}
+
     def __init__(self, options, model, seed):
+        import torch
+
+        from bnsweep.models import layer_outputs, weight_layers
+
         super().__init__(options, model, seed)
         mods, weights = layer_outputs(model), weight_layers(model)
         g = torch.Generator().manual_seed(seed)  # the units are fixed for the run, drawn from the cell's seed

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import pyarrow as pa
-import torch.nn as nn
 
-from bnsweep.measure.probe import StepContext
 from bnsweep.measure.schedule import Schedule
+
+if TYPE_CHECKING:  # torch is imported where a measurement computes, not here (see bnsweep/measure/__init__.py)
+    import polars as pl
+    import torch.nn as nn
+
+    from bnsweep.measure.probe import StepContext
 
 
 class Measurement:
-    """A measured quantity. Subclasses set `name`, `Options`, `columns`, `definition` and implement the hooks."""
+    """A measured quantity. Subclasses set `name`, `Options`, `columns`, `definition`, `example` and
+    `summary`, and implement the hooks.
+
+    `example` is a small valid options dict (the tests run every measurement with it); `summary`
+    turns the measurement's table into long rows `(cell_id, step[, layer], quantity, value)` for the
+    smoothness summaries, or is None when the measurement has no summary.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type[Schedule]]
     columns: ClassVar[list[tuple[str, pa.DataType]]]
     definition: ClassVar[int] = 1  # bump when the definition changes; stored on every row
+    example: ClassVar[dict[str, Any]]
+    summary: ClassVar[Callable[[pl.LazyFrame], pl.LazyFrame] | None] = None
 
     def __init__(self, options: Schedule, model: nn.Module, seed: int):
         self.options, self.model, self.seed = options, model, seed

@@ -6,13 +6,19 @@ Rayleigh quotient v.Hv. Power iteration converges to the eigenvalue of largest m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
-import torch
 from pydantic import Field
 
 from bnsweep.measure.base import Measurement
-from bnsweep.measure.probe import StepContext, norm2
 from bnsweep.measure.schedule import Schedule
+
+if TYPE_CHECKING:
+    import polars as pl
+    import torch
+
+    from bnsweep.measure.probe import StepContext
 
 
 class CurvatureOptions(Schedule):
@@ -22,6 +28,10 @@ class CurvatureOptions(Schedule):
 
 def power_iteration(hvp, shapes: list[torch.Tensor], iterations: int, tol: float, generator: torch.Generator) -> tuple[float, int, float]:
     """(lambda, iterations used, relative change at stop) for the linear map `hvp` on tensors shaped like `shapes`."""
+    import torch
+
+    from bnsweep.measure.probe import norm2
+
     v = [torch.randn(s.shape, generator=generator, device=s.device, dtype=s.dtype) for s in shapes]
     n = norm2(v)
     v = [t / n for t in v]
@@ -44,8 +54,16 @@ class Curvature(Measurement):
     name = "curvature"
     Options = CurvatureOptions
     columns = [("lambda_max", pa.float64()), ("iterations", pa.int64()), ("rel_change", pa.float64())]
+    example = {"steps": [2, 7], "iterations": 3}
+
+    @staticmethod
+    def summary(t: pl.LazyFrame) -> pl.LazyFrame:
+        """Per probed step: lambda_max."""
+        return t.select("cell_id", "step", "lambda_max").unpivot(index=["cell_id", "step"], variable_name="quantity")
 
     def after_backward(self, ctx: StepContext) -> list[dict]:
+        import torch
+
         p = {n: v.detach().requires_grad_(True) for n, v in ctx.params().items()}
         loss = ctx.loss_at(p)
         grads = torch.autograd.grad(loss, list(p.values()), create_graph=True)

@@ -7,14 +7,18 @@ registered before W_i: weights, biases, norm affines) took their actual step-t u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
-import torch
 from pydantic import Field
 
 from bnsweep.measure.base import Measurement
-from bnsweep.measure.probe import StepContext, norm2
 from bnsweep.measure.schedule import Schedule
-from bnsweep.models import weight_layers
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from bnsweep.measure.probe import StepContext
 
 
 class IcsOptions(Schedule):
@@ -23,6 +27,8 @@ class IcsOptions(Schedule):
 
 def weight_names(model) -> list[str]:
     """Parameter name of each weight layer's weight, in forward order."""
+    from bnsweep.models import weight_layers
+
     by_id = {id(p): n for n, p in model.named_parameters()}
     return [by_id[id(m.weight)] for m in weight_layers(model)]
 
@@ -32,8 +38,19 @@ class Ics(Measurement):
     Options = IcsOptions
     columns = [("layer", pa.int64()), ("l2", pa.float64()), ("cosine", pa.float64()),
                ("grad_norm", pa.float64()), ("grad_prime_norm", pa.float64())]
+    example = {"every": 5, "layers": [2, 3]}
+
+    @staticmethod
+    def summary(t: pl.LazyFrame) -> pl.LazyFrame:
+        """Per probed step and layer: ics_l2 = ||G - G'||, ics_cosine = cos(G, G')."""
+        return (t.select("cell_id", "step", "layer", ics_l2="l2", ics_cosine="cosine")
+                .unpivot(index=["cell_id", "step", "layer"], variable_name="quantity"))
 
     def after_backward(self, ctx: StepContext) -> list[dict]:
+        import torch
+
+        from bnsweep.measure.probe import norm2
+
         names = [n for n, _ in ctx.model.named_parameters()]
         w, moved_all, g = ctx.params(), ctx.stepped(), ctx.grad()
         rows = []

@@ -7,16 +7,20 @@ eta, repeated on each of the step's rows so it can be read without recomputing [
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from bnsweep.measure.base import Measurement
-from bnsweep.measure.probe import StepContext, norm2
 from bnsweep.measure.schedule import Schedule
-from bnsweep.norms import Options
+from bnsweep.options import Options
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from bnsweep.measure.probe import StepContext
 
 
 class EtaGrid(Options):
@@ -49,8 +53,24 @@ class Landscape(Measurement):
     Options = LandscapeOptions
     columns = [("eta", pa.float64()), ("eta_rel", pa.float64()), ("loss", pa.float64()), ("grad_diff_l2", pa.float64()),
                ("grad_norm", pa.float64()), ("loss_at_w", pa.float64()), ("smoothness", pa.float64()), ("beta_eff", pa.float64())]
+    example = {"every": 5, "eta": {"points": 3}}
+
+    @staticmethod
+    def summary(t: pl.LazyFrame) -> pl.LazyFrame:
+        """Per probed step: beta_eff (as recorded), grad_predictiveness = max over eta of grad_diff_l2,
+        loss_band = max / min loss over eta (non-finite points left out)."""
+        import polars as pl
+
+        finite = pl.col("loss").is_finite() & pl.col("grad_diff_l2").is_finite()
+        return t.group_by("cell_id", "step").agg(
+            beta_eff=pl.col("beta_eff").first(),
+            grad_predictiveness=pl.col("grad_diff_l2").filter(finite).max(),
+            loss_band=pl.col("loss").filter(finite).max() / pl.col("loss").filter(finite).min(),
+        ).unpivot(index=["cell_id", "step"], variable_name="quantity")
 
     def after_backward(self, ctx: StepContext) -> list[dict]:
+        from bnsweep.measure.probe import norm2
+
         w, g = ctx.params(), ctx.grad()
         g_norm = norm2(g.values())
         rows = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from bnsweep.norms import Options
+from bnsweep.options import Options
 
 
 class LogSpacing(Options):

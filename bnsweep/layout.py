@@ -1,0 +1,89 @@
+"""The table layout, owned here and nowhere else: schemas, key columns, statuses and paths.
+
+    <output>/<table>/sweep=<name>/arch=<arch>/norm=<norm>/<cell_id>.parquet   one file per cell per table
+    <output>/_checkpoints/sweep=<name>/<cell_id>.pt                          a running cell's resumable state
+    <output>/_locks/<name>.json                                               the run lock of a sweep
+    <output>/_damaged/<relative path>.<utc time>                              damaged files, moved aside, never deleted
+
+The writer (`bnsweep.records.Store`), the reader (`Store.scan`), `analysis/`, `ls` and `query` all
+use these definitions. Nothing here imports torch, so listing and querying an output stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from bnsweep.measure import MEASURES, ROW_COLUMNS
+
+KEYS = [
+    pa.field("cell_id", pa.string(), nullable=False),
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("arch", pa.string(), nullable=False),
+    pa.field("norm", pa.string(), nullable=False),
+    pa.field("lr", pa.float64(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+]
+KEY_NAMES = [f.name for f in KEYS]  # every row of every table carries these
+
+_ts = pa.timestamp("us", tz="UTC")
+SCHEMAS: dict[str, pa.Schema] = {
+    "cells": pa.schema(KEYS + [
+        ("dataset", pa.string()), ("steps", pa.int64()), ("batch_size", pa.int64()),
+        ("momentum", pa.float64()), ("weight_decay", pa.float64()), ("augment", pa.bool_()),
+        ("status", pa.string()),  # done | diverged | failed
+        ("steps_done", pa.int64()), ("diverged_step", pa.int64()), ("error", pa.string()),
+        ("resumed_from", pa.int64()),  # step at which a checkpoint of an interrupted attempt was resumed
+        ("started_at", _ts), ("finished_at", _ts), ("wall_s", pa.float64()),
+        ("train_s", pa.float64()), ("eval_s", pa.float64()),
+        ("node_id", pa.string()), ("hostname", pa.string()), ("device", pa.string()),
+        ("torch_version", pa.string()), ("cuda_version", pa.string()),
+        ("bnsweep_version", pa.string()), ("python_version", pa.string()),
+        ("config_json", pa.string()),
+    ]),
+    "steps": pa.schema(KEYS + [("step", pa.int64()), ("loss", pa.float64()), ("accuracy", pa.float64())]),
+    "evals": pa.schema(KEYS + [("step", pa.int64()), ("split", pa.string()), ("loss", pa.float64()), ("accuracy", pa.float64())]),
+}
+# the `lr` key column doubles as the steps table's per-step learning rate (constant schedule)
+
+for _name, _cls in MEASURES.items():  # one table per measurement, and its cost on the cells row
+    SCHEMAS[_name] = pa.schema(KEYS + ROW_COLUMNS + _cls.columns)
+    SCHEMAS["cells"] = SCHEMAS["cells"].append(pa.field(f"{_name}_s", pa.float64()))
+
+TABLES = tuple(SCHEMAS)  # cells, steps, evals, then one per measurement
+RESULT_TABLES = tuple(t for t in TABLES if t != "cells")  # written before a cell's `cells` row
+
+DONE, DIVERGED, FAILED = "done", "diverged", "failed"
+STATUSES = (DONE, DIVERGED, FAILED)
+RESULT = (DONE, DIVERGED)  # statuses that are results; `failed` cells run again
+
+CELL_FILE = re.compile(r"^[^./][^/]*\.parquet$")  # <cell_id>.parquet; anything else in a partition is stray
+
+
+def table_dir(root: str, name: str, sweep: str | None = None) -> str:
+    """The folder of table `name` (of one sweep, if given)."""
+    return f"{root}/{name}" + (f"/sweep={sweep}" if sweep is not None else "")
+
+
+def cell_file(root: str, name: str, cell) -> str:
+    """Where table `name` keeps the rows of `cell` (anything with sweep, arch, norm, cell_id)."""
+    return f"{table_dir(root, name, cell.sweep)}/arch={cell.arch}/norm={cell.norm}/{cell.cell_id}.parquet"
+
+
+def checkpoint_file(root: str, sweep: str, cell_id: str) -> str:
+    return f"{root}/_checkpoints/sweep={sweep}/{cell_id}.pt"
+
+
+def lock_file(root: str, sweep: str) -> str:
+    return f"{root}/_locks/{sweep}.json"
+
+
+def damaged_dir(root: str) -> str:
+    return f"{root}/_damaged"
+
+
+def key_columns(cell) -> dict:
+    """The key columns' values for `cell`."""
+    return {"cell_id": cell.cell_id, "sweep": cell.sweep, "arch": cell.arch, "norm": cell.norm,
+            "lr": float(cell.lr), "seed": int(cell.seed)}

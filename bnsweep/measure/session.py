@@ -1,0 +1,53 @@
+"""Running the enabled measurements of one cell on their schedules, collecting their rows and cost."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bnsweep.measure import MEASURES, enabled
+from bnsweep.measure.base import Measurement
+from bnsweep.measure.probe import StepContext, generators
+
+
+class Measurements:
+    """Runs the enabled measurements on their schedules; collects their rows and their cost."""
+
+    def __init__(self, spec, model: torch.nn.Module, steps: int, seed: int):
+        self.model = model
+        self.active = [(MEASURES[name](opts, model, seed), opts.resolve(steps)) for name, opts in enabled(spec)]
+        self.rows: dict[str, list[dict]] = {m.name: [] for m, _ in self.active}
+        self.seconds: dict[str, float] = {m.name: 0.0 for m, _ in self.active}
+        self.current: list[Measurement] = []
+        self.rng_before: list = []
+
+    def before_forward(self, step: int) -> None:
+        self.current = [m for m, steps in self.active if step in steps]
+        if not self.current:
+            return
+        self.rng_before = [(g, g.get_state()) for g in generators(self.model)]
+        for m in self.current:
+            t0 = time.perf_counter()
+            m.before_forward(step)
+            self.seconds[m.name] += time.perf_counter() - t0
+
+    def after_backward(self, step: int, optimizer, x, y, loss_fn, loss: torch.Tensor) -> None:
+        if not self.current:
+            return
+        ctx = StepContext(step, self.model, optimizer, x, y, loss_fn, loss.item(), self.rng_before)
+        after_forward = [(g, g.get_state()) for g in generators(self.model)]
+        try:
+            for m in self.current:
+                t0 = time.perf_counter()
+                rows = m.after_backward(ctx) + m.collect()
+                self.seconds[m.name] += time.perf_counter() - t0
+                self.rows[m.name] += [{"step": step, "mode": "train", "definition": m.definition, **r} for r in rows]
+        finally:
+            for g, state in after_forward:  # training goes on with the noise it would have drawn
+                g.set_state(state)
+            self.current = []
+
+    def cost(self) -> dict[str, float]:
+        """Seconds per measurement, including time spent in forward-pass hooks."""
+        return {m.name: self.seconds[m.name] + m.hook_s for m, _ in self.active}
