@@ -17,7 +17,8 @@ from conftest import ROOT, TINY_DLN, TINY_VGG, tiny_spec, write_spec
 from test_sweep import assert_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.slurm]
-BINARIES = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "scontrol", "scancel", "unshare")
+BINARIES = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "scontrol", "scancel",
+            "unshare", "pgrep")
 
 
 def free_ports(n: int) -> list[int]:
@@ -122,7 +123,11 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
     def stop(self) -> None:
         for p in reversed(self.procs):  # slurmd (and its namespace), slurmctld, munged: each by its own pid
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                # unshare ignores SIGTERM while it waits: stop slurmd, its child; when slurmd, the namespace's
+                # first process, ends, the kernel ends every process left in the namespace (a job's Ray)
+                children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+                for pid in children if p.args[0] == "unshare" else [p.pid]:
+                    os.kill(int(pid), signal.SIGTERM)
                 try:
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
@@ -137,7 +142,11 @@ def slurm(tmp_path_factory):
         pytest.skip("a private SLURM needs root (slurmd runs jobs as their user)")
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"SLURM or munge not installed (missing {', '.join(missing)}): .ci/run installs slurm-wlm and munge")
+        pytest.skip(f"SLURM or munge not installed (missing {', '.join(missing)}): "
+                    ".ci/run installs slurm-wlm and munge")
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a PID namespace for slurmd (it keeps the job's `ray stop` away from other Ray "
+                    "processes on this machine)")
     cluster = Slurm(tmp_path_factory.mktemp("slurm"))
     cluster.start()
     yield cluster
