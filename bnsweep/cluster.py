@@ -15,6 +15,7 @@ def validate_cluster(path: str) -> dict:
     from ray.autoscaler._private.util import prepare_config, validate_config  # pinned Ray: private API
 
     raw = read_yaml(path)
+    _check_your_machines(path, raw)
     try:
         cfg = prepare_config(copy.deepcopy(raw))
         validate_config(cfg)
@@ -25,3 +26,20 @@ def validate_cluster(path: str) -> dict:
         msg = getattr(e, "message", None) or str(e)
         raise UserError(f"{path}: {msg.splitlines()[0] if msg else type(e).__name__}") from None
     return cfg
+
+
+def _check_your_machines(path: str, raw: dict) -> None:
+    """A `local` (on-premise) file must name its machines and login; the shipped one leaves them unset on purpose.
+
+    Ray's own refusal of missing IPs is a PANIC log line plus an exception; this is one line, and also names
+    `auth.ssh_user`, which the shipped file leaves unset too. `worker_ips: []` (a head-only cluster) is allowed.
+    """
+    provider = raw.get("provider") if isinstance(raw, dict) else None
+    if not isinstance(provider, dict) or provider.get("type") != "local" or "coordinator_address" in provider:
+        return
+    auth = raw.get("auth") if isinstance(raw.get("auth"), dict) else {}
+    missing = [k for k, v in (("provider.head_ip", provider.get("head_ip")), ("provider.worker_ips",
+               provider.get("worker_ips", "")), ("auth.ssh_user", auth.get("ssh_user"))) if v is None or v == ""]
+    if missing:
+        raise UserError(f"{path}: {', '.join(missing)} not set: add your machines (IPs or host names SSH reaches; "
+                        "worker_ips is a list) and your login on them")
