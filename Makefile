@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test bench bench-report clean
+.PHONY: setup quickstart test test-fast lint bench bench-report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,13 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# the quick signal while working: no Ray, no browser, no SLURM, nothing marked slow
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not ray and not browser and not slurm and not gpu"
+
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python bench/overhead.py
