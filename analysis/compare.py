@@ -11,8 +11,8 @@ at Settings.confidence: a stratified percentile bootstrap over seeds (each group
 Settings.resamples times, a fixed generator seed) and Welch's t interval. With 2 to 5 seeds the
 percentile bootstrap alone is too narrow (with 3 values there are only 10 distinct resamples, and
 its tails are those of 27 points): simulated with 3 seeds against 3 and no effect, it excludes 0
-in about 40 % of draws. Welch's interval restores the nominal rate under normality; the bootstrap
-keeps any asymmetry of larger samples.
+in 25 % of draws (tests/test_verdict_rule.py). Welch's interval restores the nominal rate under
+normality; the bootstrap keeps any asymmetry of larger samples.
 
 Outcomes (margin: the smallest difference that matters, Settings; the same for every claim):
 
@@ -22,10 +22,14 @@ Outcomes (margin: the smallest difference that matters, Settings; the same for e
     not_lower    lo > -m                   hi < -m                                        otherwise
 
 What 3 seeds against 3 can say: Welch's t with about 4 degrees of freedom is 2.8, so `supported`
-needs a difference of about 2.3 per-seed standard deviations (2.8 x sqrt(2/3)) or more; smaller
-effects come out `inconclusive` with an estimate of the seeds that would settle them. No test of
-3 against 3 can be distribution-free at 5 % (a permutation test's smallest p is 0.1): this rule
-rests on the per-seed values being roughly normal on the analysis scale.
+needs an observed difference of about 2.3 per-seed standard deviations (2.8 x sqrt(2/3)) or more;
+a true effect of 5 standard deviations is found in 97 % of simulated draws, one of 3 in 66 %.
+Smaller effects come out `inconclusive` with an estimate of the seeds that would settle them.
+Measured by simulation (tests/test_verdict_rule.py, 1000 draws each): power 0.97 (3 seeds, 5 sd),
+0.98 (5 seeds, 3 sd), 0.96 (8 seeds, 2 sd); with no effect, supported or contradicted in 3.0 %,
+4.7 %, 5.0 %, 4.9 %, 3.5 % of draws at 2, 3, 5, 8, 20 seeds (normal noise), at most 3.1 % (skewed).
+No test of 3 against 3 can be distribution-free at 5 % (a permutation test's smallest p is 0.1):
+this rule rests on the per-seed values being roughly normal on the analysis scale.
 
 Seeds needed (an estimate, normal approximation from the observed spread s and difference d):
 the n per side that gives an 80 % chance to exclude 0, 2 (z_.975 + z_.8)^2 s^2 / d^2, or to

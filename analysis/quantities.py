@@ -9,6 +9,9 @@ seed. So each is summarised per cell by robust statistics over its probed steps,
     upper       the Settings.upper_quantile (0.9) quantile over probed steps (how far the spikes go)
     above_eos   beta_eff and lambda_max only: the share of probed steps above 2/lr
 
+With at least 11 probed steps a single spike cannot move the upper statistic beyond the next-highest
+probed value (the 0.9 quantile interpolates between order statistics below the largest).
+
 and compared on a log10 scale: over seeds, the geometric mean (mean of log10) of the per-cell
 statistic with its bootstrap CI; between groups, the difference of those log10 means with its own
 interval (analysis/compare.py), shown as a ratio. Bounded quantities (ICS cosine, shares, accuracy,

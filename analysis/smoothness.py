@@ -50,8 +50,11 @@ def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> p
     if not parts or "cells" not in tables:
         return pl.DataFrame(schema=PER_CELL_SCHEMA)
     cells = label(tables["cells"]).filter(pl.col("status").is_in(RESULT)).select(*GROUP, "seed", "cell_id", "steps")
+    long = pl.concat(parts, how="diagonal_relaxed")
+    if "layer" not in long.collect_schema().names():  # no per-layer table here
+        long = long.with_columns(layer=pl.lit(None, dtype=pl.Int64))
     long = (
-        pl.concat(parts, how="diagonal_relaxed")
+        long
         .filter(pl.col("value").is_finite() & (~pl.col("quantity").is_in(LOG_QUANTITIES) | (pl.col("value") > 0)))
         .join(cells, on="cell_id")
     )
