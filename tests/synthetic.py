@@ -14,7 +14,8 @@ def cell(arch: str, norm: str, lr: float, seed: int) -> SimpleNamespace:
     return SimpleNamespace(cell_id=f"{arch}-{norm}-{lr:g}-{seed}", sweep=SWEEP, arch=arch, norm=norm, lr=lr, seed=seed)
 
 
-def write_cell(store: Store, c, status: str, final: float | None, mid: float | None = None, classification: bool = True) -> None:
+def write_cell(store: Store, c, status: str, final: float | None, mid: float | None = None, classification: bool = True,
+               steps: int = STEPS, config_json: str | None = None) -> None:
     """A finished cell whose train metric is `final` at its last evaluation (`mid` at step 50).
 
     Classification: train accuracy 0.1, mid, final (test: 0.01 lower), loss 1. Regression: train and test loss 1e4, mid, final.
@@ -27,8 +28,8 @@ def write_cell(store: Store, c, status: str, final: float | None, mid: float | N
             seq = [1e4, final * 3 if mid is None else mid, final]
             metric = {"accuracy": [None] * 6, "loss": seq * 2}
         store.write("evals", c, table("evals", c, {"step": [0, 50, 100] * 2, "split": ["train"] * 3 + ["test"] * 3, **metric}))
-    store.write("cells", c, table("cells", c, {"status": [status], "steps": [STEPS], "steps_done": [STEPS if status == "done" else 7],
-                                               "dataset": ["synthetic"], "wall_s": [1.5]}))
+    store.write("cells", c, table("cells", c, {"status": [status], "steps": [steps], "steps_done": [steps if status == "done" else 7],
+                                               "dataset": ["synthetic"], "wall_s": [1.5], "config_json": [config_json]}))
 
 
 # (arch, norm, lr) -> final train metric per seed; None = diverged. "vgg" ranks by accuracy, "dln" by loss.
