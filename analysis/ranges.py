@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from analysis.quantities import margin
 from analysis.settings import DEFAULT, Settings
 
 
@@ -51,7 +52,7 @@ def width_difference(results: pl.DataFrame, s: Settings = DEFAULT, a: str = "bat
                      b: str = "none") -> tuple[float, float, float]:
     """(estimate, lo, hi): range width of norm `a` minus that of `b` in decades, from one arch's cell_results."""
     classification = bool(results["classification"].any())
-    tol = s.accuracy_tolerance if classification else float(np.log10(s.factor_tolerance))
+    tol = margin(not classification, s)  # the tolerance of summaries.within, on the ranked scale
     widths = []
     for i, norm in enumerate((a, b)):
         loglr, values = _ranked(results, norm)

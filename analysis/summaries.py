@@ -20,6 +20,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis.groups import GROUP, label
+from analysis.quantities import margin
 from analysis.settings import DEFAULT, Settings
 from analysis.stats import flatten, mean_sd_n, seed_ci
 
@@ -51,9 +52,8 @@ def ranked(value: pl.Expr) -> pl.Expr:
 
 
 def tolerance(settings: Settings = DEFAULT) -> pl.Expr:
-    """The difference that matters on the `ranked` scale: accuracy points, or log10 of the loss factor."""
-    return (pl.when(pl.col("classification")).then(pl.lit(settings.accuracy_tolerance))
-            .otherwise(pl.lit(settings.factor_tolerance).log10()))
+    """The difference that matters on the `ranked` scale (quantities.margin): accuracy points, or log10 of the loss factor."""
+    return pl.when(pl.col("classification")).then(pl.lit(margin(False, settings))).otherwise(pl.lit(margin(True, settings)))
 
 
 def within(value: pl.Expr, best: pl.Expr, settings: Settings = DEFAULT) -> pl.Expr:
