@@ -15,7 +15,6 @@ likely settle its comparisons (an estimate from the observed spread).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +25,6 @@ from analysis.compare import CONTRADICTED, INCONCLUSIVE, SUPPORTED, Comparison
 from analysis.quantities import QUANTITIES, margin, on_log_scale
 from analysis.ranges import width_difference
 from analysis.settings import DEFAULT, Settings
-from analysis.stats import fmt_ci
 from bnsweep.console import fmt
 
 NOT_MEASURED = "not measured in this output"
@@ -57,7 +55,8 @@ class Data:
         return self.robustness.filter(arch=arch, norm=norm, lr=lr, setting=setting).to_dicts()[0]
 
     def pairs(self, norms: tuple[str, ...], values: bool = False) -> list[tuple[str, float, str]]:
-        """(arch, lr, setting) where every norm in `norms` has >= min_seeds finished seeds (with a final value, if `values`)."""
+        """(arch, lr, setting) where every norm in `norms` has >= min_seeds finished seeds (with a final value, if
+        `values`)."""
         n = pl.col("value_n" if values else "seeds")
         ok = self.robustness.filter(n >= self.settings.min_seeds, pl.col("norm").is_in(norms))
         keys = ["arch", "lr", "setting"]
@@ -70,11 +69,21 @@ class Data:
         v = r["value"].drop_nulls().to_numpy()
         return v if r["classification"].any() else np.log10(v)
 
-    def per_seed(self, arch: str, norm: str, lr: float, setting: str, quantity: str, statistic: str,
-                 window: str = "overall", layer: int | None = None) -> np.ndarray | None:
+    def per_seed(
+        self,
+        arch: str,
+        norm: str,
+        lr: float,
+        setting: str,
+        quantity: str,
+        statistic: str,
+        window: str = "overall",
+        layer: int | None = None,
+    ) -> np.ndarray | None:
         """Per seed: the cell's `statistic` of `quantity`, on its analysis scale; None below min_seeds."""
-        f = self.smooth.filter(arch=arch, norm=norm, lr=lr, setting=setting, quantity=quantity, window=window,
-                               statistic=statistic)
+        f = self.smooth.filter(
+            arch=arch, norm=norm, lr=lr, setting=setting, quantity=quantity, window=window, statistic=statistic
+        )
         f = f.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer)
         v = f["value"].to_numpy()
         if len(v) < self.settings.min_seeds:
@@ -107,8 +116,13 @@ def verdict(c: Claim, found: list[Comparison], missing: str) -> Claim:
         c.missing = missing
         return c
     outcomes = {x.outcome for x in found}
-    c.verdict = (SUPPORTED if outcomes == {SUPPORTED} else
-                 CONTRADICTED if CONTRADICTED in outcomes and SUPPORTED not in outcomes else INCONCLUSIVE)
+    c.verdict = (
+        SUPPORTED
+        if outcomes == {SUPPORTED}
+        else CONTRADICTED
+        if CONTRADICTED in outcomes and SUPPORTED not in outcomes
+        else INCONCLUSIVE
+    )
     if c.verdict == INCONCLUSIVE:
         needed = [x.seeds_needed for x in found if x.outcome == INCONCLUSIVE and x.seeds_needed]
         mixed = "the comparisons disagree" if {SUPPORTED, CONTRADICTED} <= outcomes else ""
@@ -132,27 +146,50 @@ def bn_tolerates_lr(d: Data) -> Claim:
             outcome, why = CONTRADICTED, "batch diverges more often: the interval lies below 0"
         else:
             outcome, why = INCONCLUSIVE, "the interval of the difference includes 0"
-        found.append(Comparison(outcome, est, lo, hi, none["seeds"], bn["seeds"], why, _rate_seeds(kn / none["seeds"], kb / bn["seeds"])))
-        c.evidence.append(f"{where(arch, lr, setting)}: none diverged in {kn}/{none['seeds']} seeds, batch in {kb}/{bn['seeds']}; "
-                          f"difference of rates {est:+.2f} [{lo:+.2f}, {hi:+.2f}] (Newcombe): {outcome} ({why})")
+        found.append(
+            Comparison(
+                outcome,
+                est,
+                lo,
+                hi,
+                none["seeds"],
+                bn["seeds"],
+                why,
+                _rate_seeds(kn / none["seeds"], kb / bn["seeds"], d.settings),
+            )
+        )
+        c.evidence.append(
+            f"{where(arch, lr, setting)}: none diverged in {kn}/{none['seeds']} seeds, batch in {kb}/{bn['seeds']}; "
+            f"difference of rates {est:+.2f} [{lo:+.2f}, {hi:+.2f}] (Newcombe): {outcome} ({why})"
+        )
     grid = "no learning rate here makes `none` diverge in at least half its seeds: add larger learning rates"
     return verdict(c, found, grid if pairs else need("none and batch", "", d.settings))
 
 
-def _rate_seeds(pa: float, pb: float) -> int | None:
-    """Seeds per side for an 80 % chance that the rates' interval excludes 0 (normal approximation)."""
+def _rate_seeds(pa: float, pb: float, s: Settings) -> int | None:
+    """Seeds per side at which Newcombe's interval of the difference would exclude 0, were the rates as observed."""
     if pa == pb:
         return None
-    z = compare.Z.inv_cdf(0.975) + compare.Z.inv_cdf(0.8)
-    return math.ceil(z * z * (pa * (1 - pa) + pb * (1 - pb) + 0.05) / (pa - pb) ** 2)  # +0.05: no 0/n certainty
+    for n in range(2, compare.MAX_SEEDS + 2):
+        _, lo, hi = compare.rates(round(pa * n), n, round(pb * n), n, s)
+        if lo > 0 or hi < 0:
+            return n
+    return compare.MAX_SEEDS + 1
 
 
 def bn_widens_range(d: Data) -> Claim:
-    c = Claim("bn_widens_range", "Fig. 1", "BatchNorm widens the range of learning rates that train within the tolerance of the best.")
+    c = Claim(
+        "bn_widens_range",
+        "Fig. 1",
+        "BatchNorm widens the range of learning rates that train within the tolerance of the best.",
+    )
     found = []
     for arch, setting in sorted(d.ranges.select("arch", "setting").unique().iter_rows()):
         r = {row["norm"]: row for row in d.ranges.filter(arch=arch, setting=setting).to_dicts()}
-        if not {"none", "batch"} <= set(r) or sum(a == arch and s == setting for a, _, s in d.pairs(("none", "batch"))) < 2:
+        if (
+            not {"none", "batch"} <= set(r)
+            or sum(a == arch and s == setting for a, _, s in d.pairs(("none", "batch"))) < 2
+        ):
             continue
         none, bn = r["none"], r["batch"]
         if min(none["min_seeds_in_range"] or 0, bn["min_seeds_in_range"] or 0) < d.settings.min_seeds:
@@ -166,10 +203,12 @@ def bn_widens_range(d: Data) -> Claim:
             outcome, why = INCONCLUSIVE, "the interval of the difference includes 0"
         found.append(Comparison(outcome, est, lo, hi, 0, 0, why))
         edge = "; batch's range reaches the edge of the grid, so it may be wider" if bn["at_edge"] else ""
-        c.evidence.append(f"{arch}{f' [{setting}]' if setting else ''} ({bn['metric']}): batch {bn['lr_min']:g}..{bn['lr_max']:g} = "
-                          f"{fmt(bn['width_decades'])} decades, none {none['lr_min']:g}..{none['lr_max']:g} = "
-                          f"{fmt(none['width_decades'])} decades: {est:+.2f} [{lo:+.2f}, {hi:+.2f}] decades for batch "
-                          f"(percentile bootstrap over seeds, too narrow with few seeds): {outcome}{edge}")
+        c.evidence.append(
+            f"{arch}{f' [{setting}]' if setting else ''} ({bn['metric']}): batch {bn['lr_min']:g}..{bn['lr_max']:g} = "
+            f"{fmt(bn['width_decades'])} decades, none {none['lr_min']:g}..{none['lr_max']:g} = "
+            f"{fmt(none['width_decades'])} decades: {est:+.2f} [{lo:+.2f}, {hi:+.2f}] decades for batch "
+            f"(percentile bootstrap over seeds, too narrow with few seeds): {outcome}{edge}"
+        )
     return verdict(c, found, need("none and batch", " at two or more learning rates", d.settings))
 
 
@@ -182,42 +221,66 @@ def noisy_bn(d: Data) -> Claim:
     c = Claim("noisy_bn", "Fig. 2", "Noisy BatchNorm trains like BatchNorm, and both beat no normalisation.")
     found = []
     for arch, lr, setting in d.pairs(("none", "batch", "noisy_batch"), values=True):
-        (none, log, metric), (bn, _, _), (noisy, _, _) = (_metric(d, arch, lr, setting, n) for n in ("none", "batch", "noisy_batch"))
+        (none, log, metric), (bn, _, _), (noisy, _, _) = (
+            _metric(d, arch, lr, setting, n) for n in ("none", "batch", "noisy_batch")
+        )
         m = margin(log, d.settings)
         beats = compare.lower if log else compare.higher  # lower log10 loss, higher accuracy
-        parts = [("noisy_batch vs batch", compare.similar(noisy, bn, m, d.settings)),
-                 ("batch beats none", beats(bn, none, m, d.settings)),
-                 ("noisy_batch beats none", beats(noisy, none, m, d.settings))]
+        parts = [
+            ("noisy_batch vs batch", compare.similar(noisy, bn, m, d.settings)),
+            ("batch beats none", beats(bn, none, m, d.settings)),
+            ("noisy_batch beats none", beats(noisy, none, m, d.settings)),
+        ]
         found += [x for _, x in parts]
-        c.evidence.append(f"{where(arch, lr, setting)} {metric}: noisy_batch {centre(noisy, log)}, batch {centre(bn, log)}, "
-                          f"none {centre(none, log)}; " + "; ".join(f"{name}: {said(x, log)}" for name, x in parts))
+        c.evidence.append(
+            f"{where(arch, lr, setting)} {metric}: noisy_batch {centre(noisy, log)}, batch {centre(bn, log)}, "
+            f"none {centre(none, log)}; " + "; ".join(f"{name}: {said(x, log)}" for name, x in parts)
+        )
     return verdict(c, found, need("none, batch and noisy_batch", " and final values (not diverged)", d.settings))
 
 
 def ics_not_reduced(d: Data) -> Claim:
-    c = Claim("ics_not_reduced", "Fig. 3", "BatchNorm does not reduce internal covariate shift: its ICS l2 is not lower than without it.")
+    c = Claim(
+        "ics_not_reduced",
+        "Fig. 3",
+        "BatchNorm does not reduce internal covariate shift: its ICS l2 is not lower than without it.",
+    )
     found = []
     stat = QUANTITIES["ics_l2"].claim_statistic
-    layers = (d.smooth.filter(quantity="ics_l2", window="overall", statistic=stat)
-              .select("arch", "lr", "setting", "layer").unique().sort("arch", "lr", "setting", "layer"))
+    layers = (
+        d.smooth.filter(quantity="ics_l2", window="overall", statistic=stat)
+        .select("arch", "lr", "setting", "layer")
+        .unique()
+        .sort("arch", "lr", "setting", "layer")
+    )
     for arch, lr, setting, layer in layers.iter_rows():
         bn, none = (d.per_seed(arch, n, lr, setting, "ics_l2", stat, layer=layer) for n in ("batch", "none"))
         if bn is None or none is None:
             continue
         x = compare.not_lower(bn, none, margin(True, d.settings), d.settings)
         found.append(x)
-        c.evidence.append(f"{where(arch, lr, setting)} layer #{layer}: ICS l2 ({stat} over probed steps, geometric mean over "
-                          f"seeds) batch {centre(bn, True)}, none {centre(none, True)}; batch/none {said(x, True)}")
+        c.evidence.append(
+            f"{where(arch, lr, setting)} layer #{layer}: ICS l2 ({stat} over probed steps, geometric mean over "
+            f"seeds) batch {centre(bn, True)}, none {centre(none, True)}; batch/none {said(x, True)}"
+        )
     return verdict(c, found, need("ics rows for none and batch", "", d.settings))
 
 
 def _lower_with_bn(d: Data, c: Claim, quantities: tuple[str, ...], window: str) -> Claim:
     found = []
     first = quantities[0]
-    keys = d.smooth.filter(quantity=first, window=window).select("arch", "lr", "setting").unique().sort("arch", "lr", "setting")
+    keys = (
+        d.smooth.filter(quantity=first, window=window)
+        .select("arch", "lr", "setting")
+        .unique()
+        .sort("arch", "lr", "setting")
+    )
     for arch, lr, setting in keys.iter_rows():
-        got = {(n, q): d.per_seed(arch, n, lr, setting, q, QUANTITIES[q].claim_statistic, window)
-               for n in ("none", "batch") for q in quantities}
+        got = {
+            (n, q): d.per_seed(arch, n, lr, setting, q, QUANTITIES[q].claim_statistic, window)
+            for n in ("none", "batch")
+            for q in quantities
+        }
         if any(v is None for v in got.values()):
             continue
         for q in quantities:
@@ -227,28 +290,46 @@ def _lower_with_bn(d: Data, c: Claim, quantities: tuple[str, ...], window: str) 
             eos = ""
             if QUANTITIES[q].eos:
                 shares = {n: d.per_seed(arch, n, lr, setting, q, "above_eos", window) for n in ("batch", "none")}
-                eos = "; share of probed steps above 2/lr = " + fmt(2 / lr) + ": " + ", ".join(
-                    f"{n} {fmt(float(v.mean()))}" for n, v in shares.items() if v is not None)
+                eos = (
+                    "; share of probed steps above 2/lr = "
+                    + fmt(2 / lr)
+                    + ": "
+                    + ", ".join(f"{n} {fmt(float(v.mean()))}" for n, v in shares.items() if v is not None)
+                )
                 med = {n: d.per_seed(arch, n, lr, setting, q, "median", window) for n in ("batch", "none")}
-                eos += "; median over probed steps: " + ", ".join(f"{n} {centre(v, True)}" for n, v in med.items() if v is not None)
-            c.evidence.append(f"{where(arch, lr, setting)} {q} ({window}, {stat} over probed steps, geometric mean over seeds): "
-                              f"batch {centre(got['batch', q], True)}, none {centre(got['none', q], True)}; "
-                              f"batch/none {said(x, True)}{eos}")
+                eos += "; median over probed steps: " + ", ".join(
+                    f"{n} {centre(v, True)}" for n, v in med.items() if v is not None
+                )
+            c.evidence.append(
+                f"{where(arch, lr, setting)} {q} ({window}, {stat} over probed steps, geometric mean over seeds): "
+                f"batch {centre(got['batch', q], True)}, none {centre(got['none', q], True)}; "
+                f"batch/none {said(x, True)}{eos}"
+            )
     return verdict(c, found, need("landscape rows for none and batch", "", d.settings))
 
 
 def bn_smoother(d: Data) -> Claim:
-    c = Claim("bn_smoother", "Figs. 4, 10", "BatchNorm gives a lower effective beta-smoothness and a narrower loss band.")
+    c = Claim(
+        "bn_smoother", "Figs. 4, 10", "BatchNorm gives a lower effective beta-smoothness and a narrower loss band."
+    )
     return _lower_with_bn(d, c, ("beta_eff", "loss_band"), "overall")
 
 
 def bn_predictive(d: Data) -> Claim:
-    c = Claim("bn_predictive", "Figs. 4, 10", "Early in training, BatchNorm's gradients change less along the gradient (gradient predictiveness).")
+    c = Claim(
+        "bn_predictive",
+        "Figs. 4, 10",
+        "Early in training, BatchNorm's gradients change less along the gradient (gradient predictiveness).",
+    )
     return _lower_with_bn(d, c, ("grad_predictiveness",), "early")
 
 
 def lp_like_bn(d: Data) -> Claim:
-    c = Claim("lp_like_bn", "Fig. 5", "l1, l2 and l-infinity normalisation train like BatchNorm; on the DLN, l1 beats BatchNorm.")
+    c = Claim(
+        "lp_like_bn",
+        "Fig. 5",
+        "l1, l2 and l-infinity normalisation train like BatchNorm; on the DLN, l1 beats BatchNorm.",
+    )
     found = []
     for p in ("l1", "l2", "linf"):
         for arch, lr, setting in d.pairs(("batch", p), values=True):
@@ -259,16 +340,26 @@ def lp_like_bn(d: Data) -> Claim:
             x = compare.lower(lp, bn, m, d.settings) if log else compare.similar(lp, bn, m, d.settings)
             found.append(x)
             what = f"{p} beats batch" if log else f"{p} vs batch"
-            c.evidence.append(f"{where(arch, lr, setting)} {metric}: {p} {centre(lp, log)}, batch {centre(bn, log)}; "
-                              f"{what}: {said(x, log)}")
+            c.evidence.append(
+                f"{where(arch, lr, setting)} {metric}: {p} {centre(lp, log)}, batch {centre(bn, log)}; "
+                f"{what}: {said(x, log)}"
+            )
     return verdict(c, found, need("batch and l1, l2 or linf", " and final values (not diverged)", d.settings))
 
 
-CLAIMS = {f.__name__: f for f in (bn_tolerates_lr, bn_widens_range, noisy_bn, ics_not_reduced, bn_smoother, bn_predictive, lp_like_bn)}
+CLAIMS = {
+    f.__name__: f
+    for f in (bn_tolerates_lr, bn_widens_range, noisy_bn, ics_not_reduced, bn_smoother, bn_predictive, lp_like_bn)
+}
 
 
-def check(results: pl.DataFrame | pl.LazyFrame, robustness: pl.DataFrame, ranges: pl.DataFrame, smooth: pl.DataFrame,
-          settings: Settings = DEFAULT) -> list[Claim]:
+def check(
+    results: pl.DataFrame | pl.LazyFrame,
+    robustness: pl.DataFrame,
+    ranges: pl.DataFrame,
+    smooth: pl.DataFrame,
+    settings: Settings = DEFAULT,
+) -> list[Claim]:
     """Every claim of CLAIMS, with its verdict from the per-cell results and smoothness and the summaries."""
     results = results.collect() if isinstance(results, pl.LazyFrame) else results
     d = Data(results, robustness, ranges, smooth, settings)
@@ -278,6 +369,18 @@ def check(results: pl.DataFrame | pl.LazyFrame, robustness: pl.DataFrame, ranges
 def frame(claims: list[Claim]) -> pl.DataFrame:
     """The claims as a table (evidence joined with '; ')."""
     cols = ("id", "figure", "claim", "verdict", "evidence", "missing", "note")
-    return pl.DataFrame([{"id": c.id, "figure": c.figure, "claim": c.text, "verdict": c.verdict,
-                          "evidence": "; ".join(c.evidence), "missing": c.missing, "note": c.note} for c in claims],
-                        schema={k: pl.String for k in cols})
+    return pl.DataFrame(
+        [
+            {
+                "id": c.id,
+                "figure": c.figure,
+                "claim": c.text,
+                "verdict": c.verdict,
+                "evidence": "; ".join(c.evidence),
+                "missing": c.missing,
+                "note": c.note,
+            }
+            for c in claims
+        ],
+        schema={k: pl.String for k in cols},
+    )

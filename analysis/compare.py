@@ -69,7 +69,7 @@ class Comparison:
         from bnsweep.console import fmt
 
         if ratio:
-            return f"x{fmt(10 ** self.estimate)} [x{fmt(10 ** self.lo)}, x{fmt(10 ** self.hi)}]"
+            return f"x{fmt(10**self.estimate)} [x{fmt(10**self.lo)}, x{fmt(10**self.hi)}]"
         return f"{self.estimate:+.3g} [{self.lo:+.3g}, {self.hi:+.3g}]"
 
     def note(self) -> str:
@@ -94,7 +94,7 @@ def _counts(n: int, resamples: int, seed: int) -> np.ndarray:
 def _welch_df(va: np.ndarray, vb: np.ndarray, na: int, nb: int) -> np.ndarray:
     """Welch-Satterthwaite degrees of freedom (na + nb - 2 where both variances are 0)."""
     sa, sb = va / na, vb / nb
-    num, den = (sa + sb) ** 2, sa ** 2 / (na - 1) + sb ** 2 / (nb - 1)
+    num, den = (sa + sb) ** 2, sa**2 / (na - 1) + sb**2 / (nb - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         df = num / den
     return np.where(den > 0, df, na + nb - 2)
@@ -135,30 +135,43 @@ def seeds_needed(a: np.ndarray, b: np.ndarray, margin: float | None, s: Settings
     if sd2 <= 0:
         return None
     z2, power = Z.inv_cdf(1 - (1 - s.confidence) / 2), Z.inv_cdf(0.8)
-    options = [2 * (z2 + power) ** 2 * sd2 / d ** 2] if d > 0 else []
+    options = [2 * (z2 + power) ** 2 * sd2 / d**2] if d > 0 else []
     if margin is not None and d < margin:
         options.append(2 * (Z.inv_cdf(s.confidence) + power) ** 2 * sd2 / (margin - d) ** 2)
     return max(math.ceil(min(options)), max(na, nb) + 1) if options else None
 
 
 RULES = {  # claim -> (lo, hi, margin) -> (outcome, why) or None for inconclusive
-    "lower": lambda lo, hi, m: ((SUPPORTED, "the interval of the difference lies below 0") if hi < 0 else
-                                (CONTRADICTED, "the interval lies above 0: the opposite holds") if lo > 0 else
-                                (CONTRADICTED, f"equal within +-{m:.3g}: the interval lies inside it") if -m < lo and hi < m else
-                                None),
-    "similar": lambda lo, hi, m: ((SUPPORTED, f"the interval lies within +-{m:.3g}") if -m < lo and hi < m else
-                                  (CONTRADICTED, f"the interval lies outside +-{m:.3g}") if lo > m or hi < -m else None),
-    "not_lower": lambda lo, hi, m: ((SUPPORTED, f"the interval lies above -{m:.3g}: no reduction beyond the margin")
-                                    if lo > -m else
-                                    (CONTRADICTED, f"the interval lies below -{m:.3g}: a reduction beyond the margin")
-                                    if hi < -m else None),
+    "lower": lambda lo, hi, m: (
+        (SUPPORTED, "the interval of the difference lies below 0")
+        if hi < 0
+        else (CONTRADICTED, "the interval lies above 0: the opposite holds")
+        if lo > 0
+        else (CONTRADICTED, f"equal within +-{m:.3g}: the interval lies inside it")
+        if -m < lo and hi < m
+        else None
+    ),
+    "similar": lambda lo, hi, m: (
+        (SUPPORTED, f"the interval lies within +-{m:.3g}")
+        if -m < lo and hi < m
+        else (CONTRADICTED, f"the interval lies outside +-{m:.3g}")
+        if lo > m or hi < -m
+        else None
+    ),
+    "not_lower": lambda lo, hi, m: (
+        (SUPPORTED, f"the interval lies above -{m:.3g}: no reduction beyond the margin")
+        if lo > -m
+        else (CONTRADICTED, f"the interval lies below -{m:.3g}: a reduction beyond the margin")
+        if hi < -m
+        else None
+    ),
 }
 
 
 def outcomes(claim: str, lo: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
     """The outcome of `claim` for each interval, vectorised (for simulations)."""
     rule = RULES[claim]
-    return np.array([(rule(l, h, margin) or (INCONCLUSIVE, ""))[0] for l, h in zip(lo, hi)])
+    return np.array([(rule(a, h, margin) or (INCONCLUSIVE, ""))[0] for a, h in zip(lo, hi)])
 
 
 def compare(claim: str, a, b, margin: float, s: Settings = DEFAULT) -> Comparison:
@@ -182,8 +195,13 @@ def lower(a, b, margin: float, s: Settings = DEFAULT) -> Comparison:
 def higher(a, b, margin: float, s: Settings = DEFAULT) -> Comparison:
     """Claim a > b: the `lower` rule on -a, -b, reported as a - b."""
     c = compare("lower", -np.asarray(a, dtype=float), -np.asarray(b, dtype=float), margin, s)
-    return replace(c, estimate=-c.estimate, lo=-c.hi, hi=-c.lo, why=c.why.replace("below 0", "ABOVE").replace(
-        "above 0", "below 0").replace("ABOVE", "above 0"))
+    return replace(
+        c,
+        estimate=-c.estimate,
+        lo=-c.hi,
+        hi=-c.lo,
+        why=c.why.replace("below 0", "ABOVE").replace("above 0", "below 0").replace("ABOVE", "above 0"),
+    )
 
 
 def similar(a, b, margin: float, s: Settings = DEFAULT) -> Comparison:

@@ -20,9 +20,26 @@ import json
 import polars as pl
 
 GROUP = ["arch", "norm", "lr", "setting"]
-IGNORED = {"sweep", "arch", "norm", "lr", "seed", "device", "resources", "checkpoint_every", "dataset.root", "dataset.download"}
-COLUMNS = {"dataset": "dataset.name", "steps": "train.steps", "batch_size": "train.batch_size", "momentum": "train.momentum",
-           "weight_decay": "train.weight_decay", "augment": "train.augment"}  # cells columns -> config paths
+IGNORED = {
+    "sweep",
+    "arch",
+    "norm",
+    "lr",
+    "seed",
+    "device",
+    "resources",
+    "checkpoint_every",
+    "dataset.root",
+    "dataset.download",
+}
+COLUMNS = {
+    "dataset": "dataset.name",
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "momentum": "train.momentum",
+    "weight_decay": "train.weight_decay",
+    "augment": "train.augment",
+}  # cells columns -> config paths
 NORM_OPTIONS = "norm_options."
 
 
@@ -52,7 +69,9 @@ def label(cells: pl.LazyFrame) -> pl.LazyFrame:
     """`cells` with a `setting` column and `norm` extended by varied norm options (idempotent)."""
     if "setting" in cells.collect_schema().names():
         return cells
-    cols = [c for c in ("cell_id", "arch", "norm", "lr", "config_json", *COLUMNS) if c in cells.collect_schema().names()]
+    cols = [
+        c for c in ("cell_id", "arch", "norm", "lr", "config_json", *COLUMNS) if c in cells.collect_schema().names()
+    ]
     rows = cells.select(cols).unique("cell_id").collect().to_dicts()
     if not rows:
         return cells.with_columns(setting=pl.lit("", dtype=pl.String))
@@ -60,23 +79,34 @@ def label(cells: pl.LazyFrame) -> pl.LazyFrame:
     groups: dict[tuple, list[str]] = {}
     for r in rows:
         groups.setdefault((r["arch"], r["norm"], r["lr"]), []).append(r["cell_id"])
-    varied = sorted({k for ids in groups.values() for k in set().union(*(per[i] for i in ids))
-                     if len({per[i].get(k) for i in ids}) > 1})
+    varied = sorted(
+        {
+            k
+            for ids in groups.values()
+            for k in set().union(*(per[i] for i in ids))
+            if len({per[i].get(k) for i in ids}) > 1
+        }
+    )
     shared = [k for k in varied if not k.startswith(NORM_OPTIONS)]
     by_norm: dict[str, set[str]] = {}  # norm -> its options that vary within one of its groups
     for (_, norm, _), ids in groups.items():
         by_norm.setdefault(norm, set()).update(
-            k for k in set().union(*(per[i] for i in ids))
-            if k.startswith(NORM_OPTIONS) and len({per[i].get(k) for i in ids}) > 1)
+            k
+            for k in set().union(*(per[i] for i in ids))
+            if k.startswith(NORM_OPTIONS) and len({per[i].get(k) for i in ids}) > 1
+        )
     names = {}
     for r in rows:
         opts = sorted(by_norm.get(r["norm"], ()))
         names[r["cell_id"]] = r["norm"] + (f"[{_text(opts, per[r['cell_id']], NORM_OPTIONS)}]" if opts else "")
-    keys = pl.DataFrame({"cell_id": list(per), "setting": [_text(shared, per[i]) for i in per],
-                         "norm_label": [names[i] for i in per]})
-    return (cells.join(keys.lazy(), on="cell_id", how="left")
-            .with_columns(norm=pl.coalesce("norm_label", "norm"), setting=pl.col("setting").fill_null(""))
-            .drop("norm_label"))
+    keys = pl.DataFrame(
+        {"cell_id": list(per), "setting": [_text(shared, per[i]) for i in per], "norm_label": [names[i] for i in per]}
+    )
+    return (
+        cells.join(keys.lazy(), on="cell_id", how="left")
+        .with_columns(norm=pl.coalesce("norm_label", "norm"), setting=pl.col("setting").fill_null(""))
+        .drop("norm_label")
+    )
 
 
 def attach(t: pl.LazyFrame, cells: pl.LazyFrame) -> pl.LazyFrame:

@@ -30,8 +30,9 @@ def _ranked(results: pl.DataFrame, norm: str) -> tuple[np.ndarray, list[np.ndarr
     return np.asarray(lrs), values
 
 
-def _widths(loglr: np.ndarray, values: list[np.ndarray], tol: float, rng: np.random.Generator | None,
-            resamples: int) -> np.ndarray:
+def _widths(
+    loglr: np.ndarray, values: list[np.ndarray], tol: float, rng: np.random.Generator | None, resamples: int
+) -> np.ndarray:
     """Range width in decades for each resample (or once for the data, rng None); NaN where no lr is eligible."""
     cols = []
     for v in values:
@@ -48,8 +49,9 @@ def _widths(loglr: np.ndarray, values: list[np.ndarray], tol: float, rng: np.ran
     return np.where(inside.any(axis=1), hi - lo, np.nan)
 
 
-def width_difference(results: pl.DataFrame, s: Settings = DEFAULT, a: str = "batch",
-                     b: str = "none") -> tuple[float, float, float]:
+def width_difference(
+    results: pl.DataFrame, s: Settings = DEFAULT, a: str = "batch", b: str = "none"
+) -> tuple[float, float, float]:
     """(estimate, lo, hi): range width of norm `a` minus that of `b` in decades, from one arch's cell_results."""
     classification = bool(results["classification"].any())
     tol = margin(not classification, s)  # the tolerance of summaries.within, on the ranked scale

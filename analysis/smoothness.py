@@ -1,7 +1,7 @@
 """Smoothness and internal covariate shift, per cell and over seeds (the statistics: analysis/quantities.py).
 
-    cells = smoothness.per_cell(tables)    # per (cell, quantity, layer, window, statistic): its value over probed steps
-    smoothness.smoothness(tables)          # per (group, quantity, layer, window, statistic): centre over seeds, CI, n
+cells = smoothness.per_cell(tables)    # per (cell, quantity, layer, window, statistic): its value over probed steps
+smoothness.smoothness(tables)          # per (group, quantity, layer, window, statistic): centre over seeds, CI, n
 """
 
 from __future__ import annotations
@@ -16,30 +16,59 @@ from analysis.summaries import RESULT
 
 
 def _landscape(t: pl.LazyFrame) -> pl.LazyFrame:
-    """Per probed step: beta_eff (as recorded), gradient predictiveness = max_eta grad_diff_l2, loss band = max/min loss over eta."""
+    """Per probed step: beta_eff (as recorded), gradient predictiveness = max_eta grad_diff_l2, loss band = max/min
+    loss over eta."""
     finite = pl.col("loss").is_finite() & pl.col("grad_diff_l2").is_finite()
-    return t.group_by("cell_id", "step").agg(
-        beta_eff=pl.col("beta_eff").first(),
-        grad_predictiveness=pl.col("grad_diff_l2").filter(finite).max(),
-        loss_band=pl.col("loss").filter(finite).max() / pl.col("loss").filter(finite).min(),
-    ).unpivot(index=["cell_id", "step"], variable_name="quantity")
+    return (
+        t.group_by("cell_id", "step")
+        .agg(
+            beta_eff=pl.col("beta_eff").first(),
+            grad_predictiveness=pl.col("grad_diff_l2").filter(finite).max(),
+            loss_band=pl.col("loss").filter(finite).max() / pl.col("loss").filter(finite).min(),
+        )
+        .unpivot(index=["cell_id", "step"], variable_name="quantity")
+    )
 
 
 def _ics(t: pl.LazyFrame) -> pl.LazyFrame:
-    return (t.select("cell_id", "step", "layer", ics_l2="l2", ics_cosine="cosine")
-            .unpivot(index=["cell_id", "step", "layer"], variable_name="quantity"))
+    return t.select("cell_id", "step", "layer", ics_l2="l2", ics_cosine="cosine").unpivot(
+        index=["cell_id", "step", "layer"], variable_name="quantity"
+    )
 
 
 def _curvature(t: pl.LazyFrame) -> pl.LazyFrame:
     return t.select("cell_id", "step", "lambda_max").unpivot(index=["cell_id", "step"], variable_name="quantity")
 
 
-TABLES = {"landscape": _landscape, "ics": _ics, "curvature": _curvature}  # table -> (cell, step[, layer], quantity, value)
-PER_CELL_SCHEMA = {**{k: pl.String for k in GROUP}, "lr": pl.Float64, "seed": pl.Int64, "cell_id": pl.String,
-                   "quantity": pl.String, "layer": pl.Int64, "window": pl.String, "statistic": pl.String, "value": pl.Float64}
-SCHEMA = {**{k: pl.String for k in GROUP}, "lr": pl.Float64, "quantity": pl.String, "layer": pl.Int64, "window": pl.String,
-          "statistic": pl.String, "centre": pl.String, "estimate": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
-          "seeds": pl.Int64}
+TABLES = {
+    "landscape": _landscape,
+    "ics": _ics,
+    "curvature": _curvature,
+}  # table -> (cell, step[, layer], quantity, value)
+PER_CELL_SCHEMA = {
+    **{k: pl.String for k in GROUP},
+    "lr": pl.Float64,
+    "seed": pl.Int64,
+    "cell_id": pl.String,
+    "quantity": pl.String,
+    "layer": pl.Int64,
+    "window": pl.String,
+    "statistic": pl.String,
+    "value": pl.Float64,
+}
+SCHEMA = {
+    **{k: pl.String for k in GROUP},
+    "lr": pl.Float64,
+    "quantity": pl.String,
+    "layer": pl.Int64,
+    "window": pl.String,
+    "statistic": pl.String,
+    "centre": pl.String,
+    "estimate": pl.Float64,
+    "lo": pl.Float64,
+    "hi": pl.Float64,
+    "seeds": pl.Int64,
+}
 
 
 def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> pl.DataFrame:
@@ -53,20 +82,20 @@ def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> p
     long = pl.concat(parts, how="diagonal_relaxed")
     if "layer" not in long.collect_schema().names():  # no per-layer table here
         long = long.with_columns(layer=pl.lit(None, dtype=pl.Int64))
-    long = (
-        long
-        .filter(pl.col("value").is_finite() & (~pl.col("quantity").is_in(LOG_QUANTITIES) | (pl.col("value") > 0)))
-        .join(cells, on="cell_id")
-    )
+    long = long.filter(
+        pl.col("value").is_finite() & (~pl.col("quantity").is_in(LOG_QUANTITIES) | (pl.col("value") > 0))
+    ).join(cells, on="cell_id")
     early = long.filter(pl.col("step") < settings.early_fraction * pl.col("steps")).with_columns(window=pl.lit("early"))
     keys = [*GROUP, "seed", "cell_id", "quantity", "layer", "window"]
     eos = pl.col("quantity").is_in(EOS_QUANTITIES)
     return (
         pl.concat([long.with_columns(window=pl.lit("overall")), early])
         .group_by(keys)
-        .agg(median=pl.col("value").median(),
-             upper=pl.col("value").quantile(settings.upper_quantile, "linear"),
-             **{SHARE: pl.when(eos.first()).then((pl.col("value") > 2.0 / pl.col("lr")).mean())})
+        .agg(
+            median=pl.col("value").median(),
+            upper=pl.col("value").quantile(settings.upper_quantile, "linear"),
+            **{SHARE: pl.when(eos.first()).then((pl.col("value") > 2.0 / pl.col("lr")).mean())},
+        )
         .unpivot(index=keys, variable_name="statistic")
         .filter(pl.col("value").is_not_null())
         .select(list(PER_CELL_SCHEMA))
@@ -76,8 +105,9 @@ def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> p
     )
 
 
-def smoothness(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT,
-               cells: pl.DataFrame | None = None) -> pl.DataFrame:
+def smoothness(
+    tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT, cells: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Per (group, quantity, layer, window, statistic): the centre over seeds of the per-cell statistic, its 95 % CI, n.
 
     The centre is the geometric mean for log-scale quantities (analysis/quantities.py), else the mean.
@@ -87,9 +117,17 @@ def smoothness(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT,
     if per.is_empty():
         return pl.DataFrame(schema=SCHEMA)
     keys = [*GROUP, "quantity", "layer", "window", "statistic"]
-    per = per.with_columns(log=pl.col("quantity").is_in(LOG_QUANTITIES) & (pl.col("statistic") != SHARE))  # on_log_scale
-    parts = [per.lazy().filter(pl.col("log") == is_log).group_by(keys).agg(seed_ci("value", centre, settings))
-             .with_columns(centre=pl.lit(centre)) for is_log, centre in ((True, "geomean"), (False, "mean"))]
+    per = per.with_columns(
+        log=pl.col("quantity").is_in(LOG_QUANTITIES) & (pl.col("statistic") != SHARE)
+    )  # on_log_scale
+    parts = [
+        per.lazy()
+        .filter(pl.col("log") == is_log)
+        .group_by(keys)
+        .agg(seed_ci("value", centre, settings))
+        .with_columns(centre=pl.lit(centre))
+        for is_log, centre in ((True, "geomean"), (False, "mean"))
+    ]
     return (
         pl.concat(parts)
         .pipe(flatten, "value")

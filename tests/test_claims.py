@@ -1,4 +1,4 @@
-"""Claim verdicts on tables with known answers: supported, contradicted, inconclusive, and never a verdict from too few seeds."""
+"""Claim verdicts on tables with known answers: supported, contradicted, inconclusive, never one from too few seeds."""
 
 import numpy as np
 import polars as pl
@@ -28,7 +28,7 @@ def found(tmp_path_factory):
 def test_verdicts(found):
     verdicts = {k: c.verdict for k, c in found.items()}
     assert verdicts == {
-        "bn_tolerates_lr": INCONCLUSIVE,  # dln: none 2/2 vs batch 0/2 twice (supported); vgg lr 10: 2/2 vs 1/2 (inconclusive)
+        "bn_tolerates_lr": INCONCLUSIVE,  # dln: none 2/2 vs batch 0/2 (supported); vgg lr 10: 2/2 vs 1/2 (inconclusive)
         "bn_widens_range": INCONCLUSIVE,  # dln +1 decade in every resample; vgg +1 [-1.3, +2]
         "noisy_bn": INCONCLUSIVE,  # two seeds each: 0.98 vs 0.98 is not yet "equal within 0.02"
         "ics_not_reduced": SUPPORTED,  # batch's ICS l2 is higher: ratio 3.3, interval above 1/2
@@ -41,8 +41,10 @@ def test_verdicts(found):
 
 def test_evidence_gives_numbers_and_seed_counts(found):
     ev = " | ".join(found["bn_tolerates_lr"].evidence)
-    assert "vgg lr=10: none diverged in 2/2 seeds, batch in 1/2" in ev and "dln lr=1e-05: none diverged in 2/2 seeds, batch in 0/2" in ev
-    assert any("+1.00 [+1.00, +1.00] decades for batch" in e and ": supported" in e for e in found["bn_widens_range"].evidence)
+    assert "vgg lr=10: none diverged in 2/2 seeds, batch in 1/2" in ev
+    assert "dln lr=1e-05: none diverged in 2/2 seeds, batch in 0/2" in ev
+    widths = found["bn_widens_range"].evidence
+    assert any("+1.00 [+1.00, +1.00] decades for batch" in e and ": supported" in e for e in widths)
     assert "noisy_batch 0.980 (n=2), batch 0.980 (n=2), none 0.933 (n=2)" in found["noisy_bn"].evidence[0]
     beta = found["bn_smoother"].evidence[0]
     # per seed s, beta_eff at the probes is (4 + s, 2, 2, 2) x (1 batch, 10 none): its 0.9 quantile 2 + 0.7 (2 + s)
@@ -72,7 +74,8 @@ def test_absent_measurements_are_not_measured(tmp_path):
         assert c[k].verdict == NOT_MEASURED and c[k].missing, k
 
 
-def smooth_cells(batch: list[float], none: list[float], quantity: str = "beta_eff", statistic: str = "upper") -> pl.DataFrame:
+def smooth_cells(batch: list[float], none: list[float], quantity: str = "beta_eff",
+                 statistic: str = "upper") -> pl.DataFrame:
     """A smoothness.per_cell frame: one value per seed for batch and none (vgg, lr 0.5, overall)."""
     rows = [{"arch": "vgg", "norm": n, "lr": 0.5, "setting": "", "seed": s, "cell_id": f"{n}{s}", "quantity": q,
              "layer": None, "window": "overall", "statistic": statistic, "value": v}

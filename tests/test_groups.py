@@ -11,20 +11,39 @@ from bnsweep.cli import main
 from bnsweep.records import Store
 from synthetic import SWEEP, write_cell
 
-FINALS = {(50, "none"): [0.90, 0.92], (50, "batch"): [0.97, 0.99], (20, "none"): [0.50, 0.60], (20, "batch"): [0.70, 0.80]}
+FINALS = {
+    (50, "none"): [0.90, 0.92],
+    (50, "batch"): [0.97, 0.99],
+    (20, "none"): [0.50, 0.60],
+    (20, "batch"): [0.70, 0.80],
+}
 
 
 def cell(norm: str, seed: int, steps: int, **extra) -> SimpleNamespace:
     tag = "-".join(f"{k}{v}" for k, v in extra.items())
-    return SimpleNamespace(cell_id=f"vgg-{norm}-{seed}-{steps}{tag}", sweep=SWEEP, arch="vgg", norm=norm, lr=0.1, seed=seed)
+    return SimpleNamespace(
+        cell_id=f"vgg-{norm}-{seed}-{steps}{tag}", sweep=SWEEP, arch="vgg", norm=norm, lr=0.1, seed=seed
+    )
 
 
 def config(norm: str, seed: int, steps: int, eps: float | None = None) -> str:
     """A config_json as `run` writes it (the fields groups.label reads)."""
     opts = {"eps": eps} if norm == "batch" and eps is not None else {}
-    return json.dumps({"sweep": SWEEP, "arch": "vgg", "norm": norm, "lr": 0.1, "seed": seed, "device": "cpu",
-                       "dataset": {"name": "digits", "root": "/somewhere"}, "model": {"width": 0.0625},
-                       "norm_options": opts, "train": {"steps": steps, "batch_size": 32}, "measure": {}})
+    return json.dumps(
+        {
+            "sweep": SWEEP,
+            "arch": "vgg",
+            "norm": norm,
+            "lr": 0.1,
+            "seed": seed,
+            "device": "cpu",
+            "dataset": {"name": "digits", "root": "/somewhere"},
+            "model": {"width": 0.0625},
+            "norm_options": opts,
+            "train": {"steps": steps, "batch_size": 32},
+            "measure": {},
+        }
+    )
 
 
 @pytest.fixture(params=["config_json", "columns"])
@@ -42,7 +61,11 @@ def test_two_versions_are_not_pooled(two_versions):
     cells, evals = load.table(two_versions, "cells", SWEEP), load.table(two_versions, "evals", SWEEP)
     rob = summaries.lr_robustness(cells, evals)
     assert sorted(rob.select("norm", "setting", "seeds").iter_rows()) == [
-        ("batch", "train.steps=20", 2), ("batch", "train.steps=50", 2), ("none", "train.steps=20", 2), ("none", "train.steps=50", 2)]
+        ("batch", "train.steps=20", 2),
+        ("batch", "train.steps=50", 2),
+        ("none", "train.steps=20", 2),
+        ("none", "train.steps=50", 2),
+    ]
     for (steps, norm), finals in FINALS.items():
         r = rob.filter(norm=norm, setting=f"train.steps={steps}").row(0, named=True)
         assert r["value"] == pytest.approx(sum(finals) / 2) and r["value_n"] == 2
@@ -56,7 +79,9 @@ def test_report_shows_the_setting(two_versions, tmp_path):
     [w] = report.write(two_versions, tmp_path / "rep")
     html = (w.folder / "report.html").read_text()
     assert "kept apart, never pooled: train.steps=20; train.steps=50" in html
-    assert html.count("<td>train.steps=20</td>") == html.count("<td>train.steps=50</td>") == 4  # robustness 2 + ranges 2
+    assert (
+        html.count("<td>train.steps=20</td>") == html.count("<td>train.steps=50</td>") == 4
+    )  # robustness 2 + ranges 2
     lr = pl.read_parquet(w.folder / "tables" / "lr_robustness.parquet")
     assert len(lr) == 4 and set(lr["seeds"]) == {2}
 

@@ -51,14 +51,14 @@ def test_skewed_noise_keeps_false_positives_low(n):
 
 
 def test_similar_at_the_margin_is_rarely_supported():
-    """A true difference exactly at the margin: `similar` says supported in <= 5 % (it must show the difference is smaller)."""
+    """A true difference exactly at the margin: `similar` says supported in <= 5 % (it must show a smaller one)."""
     rng = np.random.default_rng(4)
     r = rates("similar", rng.normal(MARGIN, 0.1, (DRAWS, 8)), rng.normal(0, 0.1, (DRAWS, 8)))
     assert r[SUPPORTED] <= 0.05, r
 
 
 def test_equality_with_enough_seeds_contradicts_a_claimed_difference():
-    """No effect and little spread (sd 0.1 decade), 8 seeds: `lower` says contradicted (equal within the margin) >= 90 %."""
+    """No effect, spread 0.1 decade, 8 seeds: `lower` says contradicted (equal within the margin) >= 90 %."""
     rng = np.random.default_rng(5)
     r = rates("lower", rng.normal(0, 0.1, (DRAWS, 8)), rng.normal(0, 0.1, (DRAWS, 8)))
     assert r[CONTRADICTED] >= 0.90 and r[SUPPORTED] <= 0.05, r  # measured 0.977 and 0.023
@@ -134,8 +134,13 @@ def test_a_single_spike_in_one_seed_does_not_flip_a_verdict(tail):
     draws = 200
     base = landscape_draws(np.random.default_rng(10), draws, 3, tail=tail)
     rows = base["landscape"].collect()
-    at = rows.with_row_index().filter(pl.col("cell_id").str.ends_with("-batch-0")).group_by(
-        "cell_id").agg(pl.col("index").get(20))["index"].to_numpy()
+    at = (
+        rows.with_row_index()
+        .filter(pl.col("cell_id").str.ends_with("-batch-0"))
+        .group_by("cell_id")
+        .agg(pl.col("index").get(20))["index"]
+        .to_numpy()
+    )
     beta = rows["beta_eff"].to_numpy().copy()
     beta[at] *= 1000
     spiked = {**base, "landscape": rows.with_columns(beta_eff=pl.Series(beta)).lazy()}
