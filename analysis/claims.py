@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from analysis import compare
+from analysis import compare, ranges
 from analysis.compare import CONTRADICTED, INCONCLUSIVE, SUPPORTED, Comparison
 from analysis.quantities import QUANTITIES, margin, on_log_scale
-from analysis.ranges import width_difference
 from analysis.settings import DEFAULT, Settings
 from bnsweep.console import fmt
 
@@ -191,23 +190,27 @@ def bn_widens_range(d: Data) -> Claim:
             or sum(a == arch and s == setting for a, _, s in d.pairs(("none", "batch"))) < 2
         ):
             continue
-        none, bn = r["none"], r["batch"]
-        if min(none["min_seeds_in_range"] or 0, bn["min_seeds_in_range"] or 0) < d.settings.min_seeds:
-            continue
-        est, lo, hi = width_difference(d.results.filter(arch=arch, setting=setting), d.settings)
+        cells = d.results.filter(arch=arch, setting=setting)
+        st = {n: ranges.status(cells.filter(norm=n), r[n]["best_lr"], d.settings) for n in ("none", "batch")}
+        lo, hi = ranges.difference(st["batch"], st["none"])
         if lo > 0:
-            outcome, why = SUPPORTED, "the interval of the difference lies above 0"
-        elif hi < 0:
-            outcome, why = CONTRADICTED, "the interval lies below 0: batch's range is narrower"
+            outcome, why = SUPPORTED, "batch's range is wider however the unsure lrs fall"
+        elif hi <= 0:
+            outcome, why = CONTRADICTED, "batch's range is not wider however the unsure lrs fall"
         else:
-            outcome, why = INCONCLUSIVE, "the interval of the difference includes 0"
-        found.append(Comparison(outcome, est, lo, hi, 0, 0, why))
+            outcome, why = INCONCLUSIVE, "it depends on lrs that cannot yet be placed in or out of a range"
+        unsure = [x for n in st for _, (kind, x) in st[n].items() if kind == ranges.UNSURE and x is not None]
+        needed = [x.seeds_needed for x in unsure if x.seeds_needed]
+        est = r["batch"]["width_decades"] - r["none"]["width_decades"]
+        found.append(Comparison(outcome, est, lo, hi, 0, 0, why, max(needed) if needed else None))
+        none, bn = r["none"], r["batch"]
         edge = "; batch's range reaches the edge of the grid, so it may be wider" if bn["at_edge"] else ""
         c.evidence.append(
             f"{arch}{f' [{setting}]' if setting else ''} ({bn['metric']}): batch {bn['lr_min']:g}..{bn['lr_max']:g} = "
             f"{fmt(bn['width_decades'])} decades, none {none['lr_min']:g}..{none['lr_max']:g} = "
-            f"{fmt(none['width_decades'])} decades: {est:+.2f} [{lo:+.2f}, {hi:+.2f}] decades for batch "
-            f"(percentile bootstrap over seeds, too narrow with few seeds): {outcome}{edge}"
+            f"{fmt(none['width_decades'])} decades: {est:+.2f} [{lo:+.2f}, {hi:+.2f}] decades for batch; each lr "
+            f"against the norm's best (not lower by more than the tolerance): batch {ranges.text(st['batch'])}; "
+            f"none {ranges.text(st['none'])}: {outcome} ({why}){edge}"
         )
     return verdict(c, found, need("none and batch", " at two or more learning rates", d.settings))
 

@@ -118,7 +118,7 @@ def grad_vs_eta(tables: dict, settings: Settings = DEFAULT, norms: Norms = None,
 
 
 def curvature(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
-    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step: geometric means over seeds; eos = 2/lr."""
+    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step: geometric means over seeds; eos."""
     parts = [_keep(tables["curvature"], tables["cells"], norms).select(*GROUP, "seed", "step", value="lambda_max")
              .with_columns(quantity=pl.lit("lambda_max"))]
     if "landscape" in tables:

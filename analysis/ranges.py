@@ -1,11 +1,17 @@
-"""The robust learning-rate range resampled over seeds: the interval of the width difference behind `bn_widens_range`.
+"""Is a learning rate inside a norm's robust range? Decided per lr by the verdict rule, for `bn_widens_range`.
 
-A range is the set of learning rates where no seed diverged whose mean ranking metric is within
-the tolerance of the best (summaries.lr_robustness); its width is log10(max / min). Resampling the
-seeds of every (norm, lr) apart and recomputing both widths gives a percentile interval of their
-difference. The width is a step function of the grid, so this interval is coarse, and with 2 or 3
-seeds per lr it is narrower than its nominal level (there is no Welch interval to widen it with):
-the claims table says so beside it.
+The robust range (summaries.robust_range) holds the lrs where no seed diverged whose mean ranking
+metric is within the tolerance of the best lr's. Its width is a point estimate; whether BatchNorm's
+range is wider is decided lr by lr, on the ranked scale (accuracy, or -log10 of the final loss):
+
+    best        the norm's best lr (the reference)
+    out         a seed diverged, or compare.not_lower(values, best's, tolerance) is contradicted
+    in          compare.not_lower(values, best's, tolerance) is supported
+    unsure      otherwise (with its Comparison, which estimates the seeds that would settle it)
+
+The width then lies between that of the `best` and `in` lrs and that of the `best`, `in` and
+`unsure` lrs, so the difference of two widths has an interval [narrowest a - widest b, widest a -
+narrowest b], each end decided by the same rule as every other verdict.
 """
 
 from __future__ import annotations
@@ -13,55 +19,56 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from analysis import compare
+from analysis.compare import CONTRADICTED, SUPPORTED, Comparison
 from analysis.quantities import margin
 from analysis.settings import DEFAULT, Settings
 
-
-def _ranked(results: pl.DataFrame, norm: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """log10 lrs, and per lr the per-seed ranked values (summaries.ranked; NaN: diverged or no value)."""
-    r = results.filter(norm=norm).sort("lr")
-    classification = bool(r["classification"].any())
-    lrs, values = [], []
-    for lr, g in r.group_by("lr", maintain_order=True):
-        v = g["value"].to_numpy().astype(float)  # null -> NaN
-        v = np.where(g["status"].to_numpy() == "done", v, np.nan)
-        values.append(v if classification else -np.log10(v))
-        lrs.append(np.log10(lr[0]))
-    return np.asarray(lrs), values
+BEST, IN, OUT, UNSURE = "best", "in", "out", "unsure"
 
 
-def _widths(
-    loglr: np.ndarray, values: list[np.ndarray], tol: float, rng: np.random.Generator | None, resamples: int
-) -> np.ndarray:
-    """Range width in decades for each resample (or once for the data, rng None); NaN where no lr is eligible."""
-    cols = []
-    for v in values:
-        if rng is None:
-            cols.append(np.array([v.mean()]))  # NaN if a seed diverged: not eligible
-        else:
-            cols.append(v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1))
-    m = np.stack(cols, axis=1)  # (resamples, lrs)
-    ok = np.isfinite(m)
-    best = np.where(ok, m, -np.inf).max(axis=1, keepdims=True)
-    inside = ok & (m >= best - tol)
-    hi = np.where(inside, loglr, -np.inf).max(axis=1)
-    lo = np.where(inside, loglr, np.inf).min(axis=1)
-    return np.where(inside.any(axis=1), hi - lo, np.nan)
-
-
-def width_difference(
-    results: pl.DataFrame, s: Settings = DEFAULT, a: str = "batch", b: str = "none"
-) -> tuple[float, float, float]:
-    """(estimate, lo, hi): range width of norm `a` minus that of `b` in decades, from one arch's cell_results."""
+def _ranked(results: pl.DataFrame) -> dict[float, tuple[bool, np.ndarray]]:
+    """Per lr: (a seed diverged, the ranked values of the seeds that did not)."""
     classification = bool(results["classification"].any())
-    tol = margin(not classification, s)  # the tolerance of summaries.within, on the ranked scale
-    widths = []
-    for i, norm in enumerate((a, b)):
-        loglr, values = _ranked(results, norm)
-        rng = np.random.default_rng([s.seed, 2, i])
-        widths.append((_widths(loglr, values, tol, None, 1)[0], _widths(loglr, values, tol, rng, s.resamples)))
-    diff = widths[0][1] - widths[1][1]
-    diff = diff[np.isfinite(diff)]
-    alpha = (1 - s.confidence) / 2
-    lo, hi = np.quantile(diff, [alpha, 1 - alpha]) if len(diff) else (np.nan, np.nan)
-    return float(widths[0][0] - widths[1][0]), float(lo), float(hi)
+    out = {}
+    for (lr,), g in results.sort("lr").group_by("lr", maintain_order=True):
+        v = g.filter(status="done")["value"].drop_nulls().to_numpy().astype(float)
+        out[lr] = ((g["status"] == "diverged").any(), v if classification else -np.log10(v))
+    return out
+
+
+def status(
+    results: pl.DataFrame, best_lr: float | None, s: Settings = DEFAULT
+) -> dict[float, tuple[str, Comparison | None]]:
+    """Per lr of one (arch, norm, setting)'s cell_results: best, in, out or unsure, and the comparison behind it."""
+    values = _ranked(results)
+    tol = margin(not bool(results["classification"].any()), s)
+    found: dict[float, tuple[str, Comparison | None]] = {}
+    for lr, (diverged, v) in values.items():
+        if lr == best_lr:
+            found[lr] = (BEST, None)
+        elif diverged:
+            found[lr] = (OUT, None)
+        elif best_lr is None or min(len(v), len(values[best_lr][1])) < max(s.min_seeds, 2):
+            found[lr] = (UNSURE, None)
+        else:
+            c = compare.not_lower(v, values[best_lr][1], tol, s)
+            found[lr] = ({SUPPORTED: IN, CONTRADICTED: OUT}.get(c.outcome, UNSURE), c)
+    return found
+
+
+def width(found: dict[float, tuple[str, Comparison | None]], unsure: bool) -> float:
+    """log10(max / min) of the lrs in the range (the unsure ones too, if `unsure`); 0 for one lr, NaN for none."""
+    keep = {BEST, IN, UNSURE} if unsure else {BEST, IN}
+    lrs = [lr for lr, (st, _) in found.items() if st in keep]
+    return float(np.log10(max(lrs) / min(lrs))) if lrs else float("nan")
+
+
+def difference(a: dict, b: dict) -> tuple[float, float]:
+    """(lo, hi) of width(a) - width(b) in decades, over every placement of the unsure lrs."""
+    return width(a, False) - width(b, True), width(a, True) - width(b, False)
+
+
+def text(found: dict[float, tuple[str, Comparison | None]]) -> str:
+    """'0.05 best, 0.2 in, 1 out'."""
+    return ", ".join(f"{lr:g} {st}" for lr, (st, _) in found.items())

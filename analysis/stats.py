@@ -68,11 +68,12 @@ def flatten(frame: pl.LazyFrame, *cols: str) -> pl.LazyFrame:
 
 
 def mean_sd_n(col: str) -> list[pl.Expr]:
-    """In a group_by().agg(): mean, sample standard deviation and count of `col` (nulls skipped): col_mean, col_sd, col_n.
+    """In a group_by().agg(): mean, sample sd and count of `col` (nulls skipped): col_mean, col_sd, col_n.
 
     bnsweep.console.mean_sd formats the three as text.
     """
-    return [pl.col(col).mean().alias(f"{col}_mean"), pl.col(col).std().alias(f"{col}_sd"), pl.col(col).count().alias(f"{col}_n")]
+    c = pl.col(col)
+    return [c.mean().alias(f"{col}_mean"), c.std().alias(f"{col}_sd"), c.count().alias(f"{col}_n")]
 
 
 def seed_band(col: str, log: pl.Expr | bool = False) -> list[pl.Expr]:

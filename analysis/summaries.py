@@ -4,7 +4,7 @@
     cells, evals = load.table(out, "cells"), load.table(out, "evals")
     rob = summaries.lr_robustness(cells, evals)      # per (arch, norm, lr): metrics with 95 % bootstrap CIs
     summaries.robust_range(rob)                      # per (arch, norm): best lr, robust range in decades
-    summaries.final_metrics(cells, evals)            # per (arch, norm, lr, setting): counts, mean and sd (the run summary)
+    summaries.final_metrics(cells, evals)            # per group: counts, mean and sd (the run summary)
 
 Groups are analysis.groups.GROUP: cells whose settings differ are never pooled. A cell's final
 metrics are its last evaluation (eval mode, whole split); `cell_results` owns them, and every
@@ -52,12 +52,13 @@ def ranked(value: pl.Expr) -> pl.Expr:
 
 
 def tolerance(settings: Settings = DEFAULT) -> pl.Expr:
-    """The difference that matters on the `ranked` scale (quantities.margin): accuracy points, or log10 of the loss factor."""
-    return pl.when(pl.col("classification")).then(pl.lit(margin(False, settings))).otherwise(pl.lit(margin(True, settings)))
+    """The difference that matters on the `ranked` scale (quantities.margin): accuracy points, or log10 of a factor."""
+    accuracy, loss = pl.lit(margin(False, settings)), pl.lit(margin(True, settings))
+    return pl.when(pl.col("classification")).then(accuracy).otherwise(loss)
 
 
 def within(value: pl.Expr, best: pl.Expr, settings: Settings = DEFAULT) -> pl.Expr:
-    """`value` is within the tolerance of `best` (both raw metrics): accuracy points below it, or a factor above a loss."""
+    """`value` is within the tolerance of `best` (raw metrics): accuracy points below it, or a factor above a loss."""
     return ranked(value) >= ranked(best) - tolerance(settings)
 
 
@@ -67,7 +68,7 @@ def better(value: pl.Expr) -> pl.Expr:
 
 
 def cell_results(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings = DEFAULT) -> pl.LazyFrame:
-    """Per finished cell: keys, seed, status, diverged (0/1), final metrics, the ranking `value`, target and steps to it."""
+    """Per finished cell: keys, seed, status, diverged (0/1), final metrics, ranking `value`, target, steps to it."""
     per = (
         label(cells)
         .filter(pl.col("status").is_in(RESULT))
@@ -101,7 +102,7 @@ def cell_results(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings = 
 
 
 def final_metrics(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings = DEFAULT) -> pl.DataFrame:
-    """Per group: seeds, diverged and failed counts; mean, sd and n of the final metrics of the seeds that did not diverge."""
+    """Per group: seeds, diverged and failed counts; mean, sd and n of the final metrics of seeds that did not diverge."""
     counts = label(cells).group_by(GROUP).agg(
         seeds=pl.col("seed").n_unique(),
         diverged=(pl.col("status") == "diverged").sum(),
@@ -137,14 +138,16 @@ def lr_robustness(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings =
             best=eligible & (better(pl.col("value")) == best_value),
             in_range=eligible & within(pl.col("value"), better(best_value), settings),  # better() is its own inverse
         )
-        .with_columns(best=pl.col("best") & (pl.col("lr") == pl.col("lr").filter(pl.col("best")).min().over("arch", "norm", "setting")))
+        .with_columns(best=pl.col("best")
+                      & (pl.col("lr") == pl.col("lr").filter(pl.col("best")).min().over("arch", "norm", "setting")))
         .sort(GROUP)
         .collect()
     )
 
 
 def robust_range(robustness: pl.DataFrame) -> pl.DataFrame:
-    """Per (arch, norm, setting): the best lr and its value (CI, n), the robust range [lr_min, lr_max] and its width in decades.
+    """Per (arch, norm, setting): the best lr and its value (CI, n), the robust range [lr_min, lr_max], its width in
+    decades.
 
     `at_edge`: the range touches the smallest or largest lr tried, so the true range may be wider;
     `contiguous`: every lr tried inside the range is in it.

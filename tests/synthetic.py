@@ -28,7 +28,8 @@ def write_cell(store: Store, c, status: str, final: float | None, mid: float | N
             seq = [1e4, final * 3 if mid is None else mid, final]
             metric = {"accuracy": [None] * 6, "loss": seq * 2}
         store.write("evals", c, table("evals", c, {"step": [0, 50, 100] * 2, "split": ["train"] * 3 + ["test"] * 3, **metric}))
-    store.write("cells", c, table("cells", c, {"status": [status], "steps": [steps], "steps_done": [steps if status == "done" else 7],
+    done = steps if status == "done" else 7
+    store.write("cells", c, table("cells", c, {"status": [status], "steps": [steps], "steps_done": [done],
                                                "dataset": ["synthetic"], "wall_s": [1.5], "config_json": [config_json]}))
 
 
@@ -118,7 +119,8 @@ def landscape_draws(rng, draws: int, seeds: int, probes: int = 40, lr: float = 0
         for norm in ("batch", "none"):
             for s in range(seeds):
                 cid = f"d{d:05d}-{norm}-{s}"
-                cells.append({"cell_id": cid, "arch": "vgg", "norm": norm, "lr": lr, "seed": s, "status": "done", "steps": probes})
+                cells.append({"cell_id": cid, "arch": "vgg", "norm": norm, "lr": lr, "seed": s, "status": "done",
+                              "steps": probes})
                 logb = np.log10(2 / lr) + rng.normal(0, 0.15) + rng.normal(0, 0.1, probes)
                 if norm == "none":
                     logb += (rng.random(probes) < tail) * rng.uniform(0.5, 1.5, probes)

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis import claims, load, smoothness, summaries
+from analysis import claims, load, ranges, smoothness, summaries
 from analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, SUPPORTED
 from synthetic import SWEEP, write_measurements, write_runs
 
@@ -29,7 +29,7 @@ def test_verdicts(found):
     verdicts = {k: c.verdict for k, c in found.items()}
     assert verdicts == {
         "bn_tolerates_lr": INCONCLUSIVE,  # dln: none 2/2 vs batch 0/2 (supported); vgg lr 10: 2/2 vs 1/2 (inconclusive)
-        "bn_widens_range": INCONCLUSIVE,  # dln +1 decade in every resample; vgg +1 [-1.3, +2]
+        "bn_widens_range": INCONCLUSIVE,  # dln +1 [0, +1] decades, vgg +1 [-2, +2]: lrs 2 seeds cannot place
         "noisy_bn": INCONCLUSIVE,  # two seeds each: 0.98 vs 0.98 is not yet "equal within 0.02"
         "ics_not_reduced": SUPPORTED,  # batch's ICS l2 is higher: ratio 3.3, interval above 1/2
         "bn_smoother": SUPPORTED,  # upper beta_eff and loss band 10x and 25x lower, every seed
@@ -43,8 +43,9 @@ def test_evidence_gives_numbers_and_seed_counts(found):
     ev = " | ".join(found["bn_tolerates_lr"].evidence)
     assert "vgg lr=10: none diverged in 2/2 seeds, batch in 1/2" in ev
     assert "dln lr=1e-05: none diverged in 2/2 seeds, batch in 0/2" in ev
-    widths = found["bn_widens_range"].evidence
-    assert any("+1.00 [+1.00, +1.00] decades for batch" in e and ": supported" in e for e in widths)
+    dln = found["bn_widens_range"].evidence[0]
+    # batch at 1e-6 (90, 100) vs its best 1e-5 (50, 60): 2 seeds cannot place it; so the width is 0 or 1 decade
+    assert "+1.00 [+0.00, +1.00] decades for batch" in dln and "batch 1e-06 unsure, 1e-05 best, 0.0001 out" in dln
     assert "noisy_batch 0.980 (n=2), batch 0.980 (n=2), none 0.933 (n=2)" in found["noisy_bn"].evidence[0]
     beta = found["bn_smoother"].evidence[0]
     # per seed s, beta_eff at the probes is (4 + s, 2, 2, 2) x (1 batch, 10 none): its 0.9 quantile 2 + 0.7 (2 + s)
@@ -102,3 +103,31 @@ def test_three_outcomes_from_the_interval_of_the_difference():
     # overlapping per-group CIs do not make a verdict; the difference does: 3 vs 3 from disjoint ranges, 2x apart
     c = verdict([1.0, 1.1, 1.2], [2.0, 2.2, 2.4])
     assert c.verdict == SUPPORTED
+
+
+def results(norm: str, values: dict[float, list[float | None]]) -> list[dict]:
+    """cell_results rows (classification): None = a diverged seed."""
+    return [{"arch": "vgg", "norm": norm, "lr": lr, "setting": "", "seed": i, "classification": True,
+             "status": "diverged" if v is None else "done", "value": v}
+            for lr, vs in values.items() for i, v in enumerate(vs)]
+
+
+BEST = [0.99, 0.99, 0.98]
+
+
+@pytest.mark.parametrize("none, verdict", [  # batch: 2 decades for sure
+    ({0.01: [0.90, 0.91, 0.90], 0.1: BEST, 1.0: [None, None, None]}, SUPPORTED),  # none: 0 decades
+    ({0.01: [0.985, 0.985, 0.99], 0.1: BEST, 1.0: [0.985, 0.99, 0.985]}, CONTRADICTED),  # none: 2 decades
+    ({0.01: [0.90, 0.99, 0.95], 0.1: BEST, 1.0: [None, None, None]}, SUPPORTED),  # none: 0.01 unsure, 1 decade at most
+    ({0.01: [0.90, 0.99, 0.95], 0.1: BEST, 1.0: [0.95, 0.99, 0.90]}, INCONCLUSIVE),  # none: 0 to 2 decades
+])
+def test_widens_range_places_each_lr_by_the_rule(none, verdict):
+    batch = {0.01: [0.98, 0.98, 0.985], 0.1: [0.99, 0.99, 0.985], 1.0: [0.985, 0.98, 0.98]}
+    res = pl.DataFrame(results("batch", batch) + results("none", none))
+    assert [k for k, _ in ranges.status(res.filter(norm="batch"), 0.1).values()] == ["in", "best", "in"]
+    rows = [{"arch": "vgg", "norm": n, "setting": "", "best_lr": 0.1, "lr_min": 0.01, "lr_max": 1.0,
+             "width_decades": 2.0, "at_edge": True, "metric": "train_accuracy"} for n in ("none", "batch")]
+    rob = pl.DataFrame([{"arch": "vgg", "norm": n, "lr": lr, "setting": "", "seeds": 3, "value_n": 3}
+                        for n in ("none", "batch") for lr in (0.01, 0.1, 1.0)])
+    c = claims.bn_widens_range(claims.Data(res, rob, pl.DataFrame(rows), pl.DataFrame()))
+    assert c.verdict == verdict, c.evidence
