@@ -65,8 +65,10 @@ class Data:
     def ranked(self, arch: str, norm: str, lr: float, setting: str) -> np.ndarray:
         """Per seed that did not diverge: the ranking metric as compared (accuracy, or log10 train loss)."""
         r = self.results.filter(arch=arch, norm=norm, lr=lr, setting=setting, status="done")
-        v = r["value"].drop_nulls().to_numpy()
-        return v if r["classification"].any() else np.log10(v)
+        v = r["value"].drop_nulls().to_numpy().astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = v if r["classification"].any() else np.log10(v)
+        return v[np.isfinite(v)]
 
     def per_seed(
         self,
@@ -84,10 +86,10 @@ class Data:
             arch=arch, norm=norm, lr=lr, setting=setting, quantity=quantity, window=window, statistic=statistic
         )
         f = f.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer)
-        v = f["value"].to_numpy()
-        if len(v) < self.settings.min_seeds:
-            return None
-        return np.log10(v) if on_log_scale(quantity, statistic) else v
+        v = f["value"].to_numpy().astype(float)
+        v = np.log10(v) if on_log_scale(quantity, statistic) else v  # per_cell keeps only positive log-scale values
+        v = v[np.isfinite(v)]
+        return v if len(v) >= max(self.settings.min_seeds, 2) else None  # a comparison needs 2 seeds a side
 
 
 def where(arch: str, lr: float, setting: str) -> str:
@@ -227,6 +229,8 @@ def noisy_bn(d: Data) -> Claim:
         (none, log, metric), (bn, _, _), (noisy, _, _) = (
             _metric(d, arch, lr, setting, n) for n in ("none", "batch", "noisy_batch")
         )
+        if min(len(none), len(bn), len(noisy)) < 2:
+            continue  # a final loss that is not a positive number (min_seeds 1, or a loss of 0)
         m = margin(log, d.settings)
         beats = compare.lower if log else compare.higher  # lower log10 loss, higher accuracy
         parts = [
@@ -337,8 +341,8 @@ def lp_like_bn(d: Data) -> Claim:
     for p in ("l1", "l2", "linf"):
         for arch, lr, setting in d.pairs(("batch", p), values=True):
             (bn, log, metric), (lp, _, _) = (_metric(d, arch, lr, setting, n) for n in ("batch", p))
-            if log and p != "l1":
-                continue  # the paper makes no claim for l2 and linf on the DLN
+            if (log and p != "l1") or min(len(bn), len(lp)) < 2:
+                continue  # the paper makes no claim for l2 and linf on the DLN; a comparison needs 2 seeds a side
             m = margin(log, d.settings)
             x = compare.lower(lp, bn, m, d.settings) if log else compare.similar(lp, bn, m, d.settings)
             found.append(x)

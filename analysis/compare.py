@@ -47,6 +47,7 @@ import numpy as np
 from scipy.special import stdtrit
 
 from analysis.settings import DEFAULT, Settings
+from bnsweep.console import fmt
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 Z = NormalDist()
@@ -66,8 +67,6 @@ class Comparison:
 
     def interval(self, ratio: bool = False) -> str:
         """'-1.30 [-2.10, -0.60]', or as a ratio 10^d for log10 values: 'x0.050 [x0.008, x0.25]'."""
-        from bnsweep.console import fmt
-
         if ratio:
             return f"x{fmt(10**self.estimate)} [x{fmt(10**self.lo)}, x{fmt(10**self.hi)}]"
         return f"{self.estimate:+.3g} [{self.lo:+.3g}, {self.hi:+.3g}]"
