@@ -3,11 +3,12 @@
     claims.check(results, robustness, ranges, smooth_cells)   # -> [Claim], one per entry of CLAIMS
 
 Verdicts: `supported`, `contradicted`, `inconclusive`, or `not measured in this output` with what
-is missing. A comparison needs at least Settings.min_seeds finished seeds on each side, and pairs
-groups with the same arch, lr and setting (analysis/groups.py). Each comparison is decided by the
+is missing. A comparison needs at least Settings.min_seeds (and 2) finished seeds on each side, and
+pairs groups with the same arch, lr and setting (analysis/groups.py). Each comparison is decided by the
 interval of a DIFFERENCE over seeds (analysis/compare.py): of the ranking metric (accuracy points,
 or log10 of the final train loss), of log10 of the per-cell smoothness statistic
-(analysis/quantities.py), of divergence rates (Newcombe's interval), or of robust-range widths. A
+(analysis/quantities.py), of divergence rates (Newcombe's interval), or of robust-range widths
+(bounded by placing each lr in or out of a range with the same rule: analysis/ranges.py). A
 claim with several comparisons (archs, lrs, layers) is supported if every comparison is, contradicted
 if one is and none is supported, and otherwise inconclusive, with the seeds per side that would
 likely settle its comparisons (an estimate from the observed spread).
