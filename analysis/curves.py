@@ -1,38 +1,43 @@
 """The data behind each figure: Polars reduces the tables to seed bands, small enough to draw.
 
 Every function takes lazy tables and returns a DataFrame with `mean`, `lo`, `hi` (the min-max band
-over seeds) and `seeds` per point, plus `panel` ("arch · lr 0.1", with " · #k" for a layer).
+over seeds) and `seeds` per point, plus `panel` ("arch · lr 0.1", with " · #k" for a layer, and the group's
+setting where settings vary). `mean` is the geometric mean over seeds for log-scale quantities
+(analysis/quantities.py); `eos` = 2/lr beside beta_eff and lambda_max.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
+from analysis.groups import GROUP, attach
+from analysis.quantities import LOG_QUANTITIES, edge_of_stability
 from analysis.settings import DEFAULT, Settings
 from analysis.stats import seed_band
-from analysis.summaries import GROUP, RESULT, lr_robustness
+from analysis.summaries import lr_robustness
+from bnsweep.layout import RESULT
 
 Norms = tuple[str, ...] | None
 
 
 def panel(*extra: pl.Expr) -> pl.Expr:
-    """'dln · lr 1e-6' (and ' · #9' for a layer)."""
+    """'dln · lr 1e-6' (and ' · #9' for a layer, ' · train.steps=20' where settings vary)."""
     lr = pl.col("lr").map_elements(lambda x: f"{x:g}", return_dtype=pl.String)  # after aggregation: few rows
     parts = [pl.col("arch"), pl.lit(" · lr "), lr]
     for e in extra:
         parts += [pl.lit(" · #"), e.cast(pl.String)]
+    parts.append(pl.when(pl.col("setting") != "").then(pl.lit(" · ") + pl.col("setting")).otherwise(pl.lit("")))
     return pl.concat_str(parts).alias("panel")
 
 
 def _keep(t: pl.LazyFrame, cells: pl.LazyFrame, norms: Norms) -> pl.LazyFrame:
-    """Rows of cells with a result (done or diverged), of `norms` if given."""
-    done = cells.filter(pl.col("status").is_in(RESULT)).select("cell_id")
-    t = t.join(done, on="cell_id", how="semi")
+    """Rows of cells with a result (done or diverged), of `norms` if given, keyed by their group (analysis.groups)."""
+    t = attach(t, cells.filter(pl.col("status").is_in(RESULT)))
     return t if norms is None else t.filter(pl.col("norm").is_in(norms))
 
 
-def _band(t: pl.LazyFrame, col: str, keys: list[str], *extra: pl.Expr) -> pl.DataFrame:
-    return (t.group_by(*GROUP, *keys).agg(*seed_band(col))
+def _band(t: pl.LazyFrame, col: str, keys: list[str], *extra: pl.Expr, log: pl.Expr | bool = False) -> pl.DataFrame:
+    return (t.group_by(*GROUP, *keys).agg(*seed_band(col, log))
             .filter(pl.col("seeds") > 0)  # points where no seed has a finite value
             .with_columns(panel(*extra))
             .sort(*GROUP, *keys)
@@ -73,27 +78,32 @@ def moment_drift(tables: dict, settings: Settings = DEFAULT, norms: Norms = None
     drift = act.with_columns(
         **{f"{m} vs previous": (pl.col(m) - pl.col(m).shift(1).over(by)).abs() for m in ("mean", "var")},
         **{f"{m} vs step 0": (pl.col(m) - pl.col(m).first().over(by)).abs() for m in ("mean", "var")},
-    ).unpivot(index=[*GROUP, "seed", "layer", "step"], on=[f"{m} vs {w}" for m in ("mean", "var") for w in ("previous", "step 0")],
+    ).unpivot(index=[*GROUP, "seed", "layer", "step"],
+              on=[f"{m} vs {w}" for m in ("mean", "var") for w in ("previous", "step 0")],
               variable_name="quantity")
     return _band(drift, "value", ["layer", "quantity", "step"], pl.col("layer"))
 
 
 def ics(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
-    """Fig. 3: ICS l2 and cosine vs step per layer."""
+    """Fig. 3: ICS l2 (geometric mean over seeds) and cosine (mean) vs step per layer."""
     t = _keep(tables["ics"], tables["cells"], norms).unpivot(index=[*GROUP, "seed", "layer", "step"], on=["l2", "cosine"],
                                                            variable_name="quantity")
-    return _band(t, "value", ["layer", "quantity", "step"], pl.col("layer"))
+    return _band(t, "value", ["layer", "quantity", "step"], pl.col("layer"), log=pl.col("quantity").first() == "l2")
 
 
 def landscape(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
-    """Figs. 4, 10: per probed step, the min-max band over eta of the loss and of the gradient change (seed means), and beta_eff."""
+    """Figs. 4, 10: per probed step, the min-max band over eta of the loss and of the gradient change, and beta_eff:
+    geometric means over seeds (all heavy-tailed); beta_lo, beta_hi: beta_eff's range over seeds; eos = 2/lr."""
     t = _keep(tables["landscape"], tables["cells"], norms).filter(pl.col("loss").is_finite())
     per_step = t.group_by(*GROUP, "seed", "step").agg(
         loss_lo=pl.col("loss").min(), loss_hi=pl.col("loss").max(), loss_mid=pl.col("loss_at_w").first(),
         grad_lo=pl.col("grad_diff_l2").min(), grad_hi=pl.col("grad_diff_l2").max(), beta_eff=pl.col("beta_eff").first())
+    positive = lambda c: pl.col(c).filter(pl.col(c) > 0)
     return (per_step.group_by(*GROUP, "step")
-            .agg(pl.exclude("seed").mean(), pl.len().alias("seeds"), beta_lo=pl.col("beta_eff").min(), beta_hi=pl.col("beta_eff").max())
-            .with_columns(panel())
+            .agg(*((10 ** positive(c).log10().mean()).alias(c)
+                   for c in ("loss_lo", "loss_hi", "loss_mid", "grad_lo", "grad_hi", "beta_eff")),
+                 pl.len().alias("seeds"), beta_lo=positive("beta_eff").min(), beta_hi=positive("beta_eff").max())
+            .with_columns(panel(), eos=edge_of_stability(pl.col("lr")))
             .sort(*GROUP, "step")
             .collect())
 
@@ -109,13 +119,15 @@ def grad_vs_eta(tables: dict, settings: Settings = DEFAULT, norms: Norms = None,
 
 
 def curvature(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
-    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step."""
+    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step: geometric means over seeds; eos."""
     parts = [_keep(tables["curvature"], tables["cells"], norms).select(*GROUP, "seed", "step", value="lambda_max")
              .with_columns(quantity=pl.lit("lambda_max"))]
     if "landscape" in tables:
         beta = _keep(tables["landscape"], tables["cells"], norms).group_by(*GROUP, "seed", "step").agg(value=pl.col("beta_eff").first())
         parts.append(beta.with_columns(quantity=pl.lit("beta_eff")))
-    return _band(pl.concat(parts, how="diagonal_relaxed"), "value", ["quantity", "step"])
+    frame = _band(pl.concat(parts, how="diagonal_relaxed").filter(pl.col("value") > 0), "value", ["quantity", "step"],
+                  log=pl.col("quantity").first().is_in(LOG_QUANTITIES))
+    return frame.with_columns(eos=edge_of_stability(pl.col("lr")))
 
 
 def lr_points(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
@@ -126,4 +138,6 @@ def lr_points(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -
             .with_columns(diverged=(pl.col("divergence_rate") * pl.col("seeds")).round().cast(pl.Int64))
             .with_columns(marker=pl.when(pl.col("diverged") > 0).then(pl.coalesce("value", worst)))
             .select(*GROUP, "metric", "classification", "seeds", "diverged", "value", "value_lo", "value_hi", "value_n", "marker")
+            .with_columns(norm=pl.when(pl.col("setting") != "").then(pl.col("norm") + " · " + pl.col("setting"))
+                          .otherwise(pl.col("norm")))
             .collect())

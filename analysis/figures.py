@@ -63,6 +63,13 @@ def line_band(x: alt.X, y: str, title: str, scale=alt.Undefined, color=NORM) -> 
 
 
 STEP = alt.X("step:Q", title="step")
+EOS_NOTE = "dashed: 2/lr, the edge of stability of full-batch gradient descent"
+
+
+def eos_rule() -> alt.Chart:
+    """A dashed rule at 2/lr per panel (the frame's `eos` column), for beta_eff and lambda_max."""
+    return alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(
+        y=alt.Y("min(eos):Q"), tooltip=[alt.Tooltip("min(eos):Q", title="2/lr", format=".3~g")])
 
 
 def accuracy(df: pl.DataFrame) -> alt.FacetChart:
@@ -99,13 +106,13 @@ def training_loss(df: pl.DataFrame) -> alt.VConcatChart:
 
 
 def landscape(df: pl.DataFrame) -> alt.VConcatChart:
-    """Figs. 4, 10: loss band and gradient-change band over eta (seed means), and beta_eff with its seed band, vs step."""
+    """Figs. 4, 10: loss band and gradient-change band over eta, and beta_eff with its seed band and 2/lr, vs step."""
     def band(lo: str, hi: str, title: str, line: str | None = None) -> alt.FacetChart:
         base = alt.Chart().encode(x=STEP, color=NORM)
         layers = [base.mark_area(opacity=0.3).encode(y=alt.Y(f"{lo}:Q", title=title, scale=LOG), y2=f"{hi}:Q",
                                                      tooltip=tips("norm", "step", lo, hi, "seeds"))]
         if line:
-            layers.append(base.mark_line().encode(y=alt.Y(f"{line}:Q", scale=LOG)))
+            layers += [base.mark_line().encode(y=alt.Y(f"{line}:Q", scale=LOG)), eos_rule()]
         return (alt.layer(*layers, data=values(df)).properties(width=W, height=H).facet(column=column(df))
                 .resolve_scale(y="independent"))
     return alt.vconcat(band("loss_lo", "loss_hi", "loss over eta"), band("grad_lo", "grad_hi", "gradient change over eta"),
@@ -137,13 +144,22 @@ def lr_robustness(df: pl.DataFrame) -> alt.HConcatChart:
 
 
 def curvature(df: pl.DataFrame) -> alt.HConcatChart:
-    """lambda_max (top Hessian eigenvalue) beside beta_eff vs step, one line per norm."""
-    def one(quantity: str, scale) -> alt.FacetChart:
-        chart = line_band(STEP, "mean", quantity, scale=scale).properties(width=W, height=H)
+    """lambda_max (top Hessian eigenvalue) beside beta_eff vs step, one line per norm, log scale, with 2/lr."""
+    def one(quantity: str) -> alt.FacetChart:
+        chart = alt.layer(line_band(STEP, "mean", quantity, scale=LOG), eos_rule()).properties(width=W, height=H)
         return (alt.layer(chart, data=values(df.filter(quantity=quantity))).facet(row=alt.Row("panel:N", title=None, sort=panels(df)))
                 .resolve_scale(y="independent"))
     shown = [q for q in ("lambda_max", "beta_eff") if q in set(df["quantity"])]
-    return alt.hconcat(*(one(q, alt.Undefined if q == "lambda_max" else LOG) for q in shown))
+    return alt.hconcat(*(one(q) for q in shown))
+
+
+def ics(df: pl.DataFrame) -> alt.VConcatChart:
+    """Fig. 3: ICS l2 (log scale, geometric mean over seeds) above ICS cosine, one panel per (arch, lr, layer)."""
+    def one(quantity: str, scale) -> alt.FacetChart:
+        d = df.filter(quantity=quantity)
+        chart = line_band(STEP, "mean", f"ICS {quantity}", scale=scale).properties(width=W, height=H)
+        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(y="independent")
+    return alt.vconcat(*(one(q, s) for q, s in (("l2", LOG), ("cosine", alt.Undefined)) if q in set(df["quantity"])))
 
 
 @dataclass(frozen=True)
@@ -172,14 +188,17 @@ FIGURES: dict[str, Figure] = {
                                partial(curves.activations, norms=NBN[1:]), distributions, ("noisy_batch",), DIST),
     "fig8_moments": Figure("Fig. 8: drift of one unit's mean and variance", ("cells", "activations"), curves.moment_drift,
                            partial(by_quantity, title="|change|")),
-    "fig3_ics": Figure("Fig. 3: internal covariate shift (l2 and cosine) vs step", ("cells", "ics"), curves.ics, by_quantity),
+    "fig3_ics": Figure("Fig. 3: internal covariate shift (l2 and cosine) vs step", ("cells", "ics"), curves.ics, ics,
+                       caption="lines: geometric mean over seeds (l2, log scale), mean (cosine); bands: range over seeds"),
     "fig4_landscape": Figure("Figs. 4, 10: loss landscape, gradient predictiveness, beta_eff", ("cells", "landscape"),
                              curves.landscape, landscape,
-                             caption="loss and gradient-change bands: min to max over eta (means over seeds); beta_eff: mean, range over seeds"),
+                             caption="loss and gradient-change bands: min to max over eta (geometric means over seeds); "
+                                     f"beta_eff: geometric mean, range over seeds; {EOS_NOTE}"),
     "fig5_lp": Figure("Fig. 5: l_p normalisation, training loss vs step", ("cells", "steps"), partial(curves.training_loss, norms=LP),
                       training_loss, LP[2:]),
     "fig11_grad_eta": Figure("Fig. 11: gradient change vs eta, one line per probed step", ("cells", "landscape"), curves.grad_vs_eta, grad_vs_eta),
-    "curvature": Figure("lambda_max beside beta_eff", ("cells", "curvature"), curves.curvature, curvature),
+    "curvature": Figure("lambda_max beside beta_eff", ("cells", "curvature"), curves.curvature, curvature,
+                        caption=f"lines: geometric mean over seeds; bands: range over seeds; {EOS_NOTE}"),
 }
 
 

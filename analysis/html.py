@@ -74,7 +74,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400p
 table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } .note { color: #666; } .figure { margin: 1em 0 2.5em; overflow-x: auto; }
-.supported { color: #11772d; font-weight: 600; } .not-supported { color: #b3261e; font-weight: 600; }
+.supported { color: #11772d; font-weight: 600; } .contradicted { color: #b3261e; font-weight: 600; }
+.inconclusive { color: #9a6700; font-weight: 600; } pre { white-space: pre-wrap; font-size: 12px; }
 .not-measured-in-this-output { color: #777; font-weight: 600; }
 """
 

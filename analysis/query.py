@@ -14,7 +14,7 @@ import polars as pl
 
 from analysis import load
 from bnsweep.errors import UserError
-from bnsweep.layout import KEY_NAMES, TABLES
+from bnsweep.layout import DIVERGED, DONE, FAILED, KEY_NAMES, TABLES
 
 KEY_COLUMNS = ", ".join(KEY_NAMES)
 
@@ -59,6 +59,6 @@ def listing(output: str) -> pl.DataFrame:
 def totals(cells: pl.DataFrame) -> pl.DataFrame:
     """Per sweep: cells, counts per status, total and longest wall time."""
     return (cells.group_by("sweep")
-            .agg(cells=pl.len(), done=(pl.col("status") == "done").sum(), diverged=(pl.col("status") == "diverged").sum(),
-                 failed=(pl.col("status") == "failed").sum(), wall_s=pl.col("wall_s").sum(), longest_s=pl.col("wall_s").max())
+            .agg(cells=pl.len(), done=(pl.col("status") == DONE).sum(), diverged=(pl.col("status") == DIVERGED).sum(),
+                 failed=(pl.col("status") == FAILED).sum(), wall_s=pl.col("wall_s").sum(), longest_s=pl.col("wall_s").max())
             .sort("sweep"))

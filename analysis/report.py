@@ -2,9 +2,10 @@
 
     report.html                  self-contained: summaries, claims, every figure (no network needed)
     figures/<name>.{svg,png,vl.json}
-    tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, claims
+    tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, smoothness_cells, claims
 
-Default DIR: OUTPUT/reports (one subfolder per sweep).
+Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that spec's sweep and cells
+(the cell ids it expands to) are reported, whatever else the output holds.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 import polars as pl
 import vl_convert as vlc
 
-from analysis import claims, figures, load, summaries
+from analysis import claims, figures, groups, load, smoothness, summaries
 from analysis.html import VL_VERSION, esc, page
-from analysis.sections import claims_section, figure_block, overview, range_section, robustness_section, smoothness_section
+from analysis.sections import (claims_section, figure_block, method_section, overview, range_section,
+                               robustness_section, smoothness_section)
 from analysis.settings import DEFAULT, Settings
 from bnsweep.errors import UserError
 
@@ -42,13 +44,27 @@ def default_dest(output: str) -> Path:
     return Path(output) / "reports"
 
 
-def write(output: str, dest: str | Path | None = None, settings: Settings = DEFAULT) -> list[Written]:
-    """Write one report folder per sweep under `dest` (default OUTPUT/reports)."""
+def spec_cells(path: str) -> tuple[str, list[str]]:
+    """(sweep name, cell ids) of a sweep file, expanded as `run` would."""
+    from bnsweep.specfile import load_cells  # imports torch: only for --spec
+
+    spec, cells = load_cells(path)
+    return spec.name, [c.cell_id for c in cells]
+
+
+def write(output: str, dest: str | Path | None = None, settings: Settings = DEFAULT,
+          spec: str | None = None) -> list[Written]:
+    """Write one report folder per sweep under `dest` (default OUTPUT/reports); with `spec`, that spec's cells only."""
     names = load.sweeps(output)
     if not names:
         raise UserError(f"no sweep has rows under {output!r} yet")
     root = Path(dest) if dest is not None else default_dest(output)
-    return [write_sweep(output, name, root / name, settings) for name in names]
+    if spec is None:
+        return [write_sweep(output, name, root / name, settings) for name in names]
+    name, ids = spec_cells(spec)
+    if name not in names:
+        raise UserError(f"sweep {name!r} of {spec} has no rows under {output!r}; sweeps there: {', '.join(names)}")
+    return [write_sweep(output, name, root / name, settings, ids)]
 
 
 def _tables(folder: Path, frames: dict[str, pl.DataFrame]) -> None:
@@ -65,8 +81,9 @@ def _figure(folder: Path, name: str, spec: dict) -> None:
     (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(spec, indent=1))
 
 
-def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFAULT) -> Written:
-    """Summaries, claims, figures and report.html for one sweep."""
+def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFAULT,
+                cell_ids: list[str] | None = None) -> Written:
+    """Summaries, claims, figures and report.html for one sweep (its cells in `cell_ids` only, if given)."""
     out, clock = Written(folder), time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -76,12 +93,20 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
         clock = now
 
     tables = load.tables(output, sweep)
-    cells, evals = load.table(output, "cells", sweep), load.table(output, "evals", sweep)
+    for name in ("cells", "evals"):  # absent: empty frames of the right schema
+        tables.setdefault(name, load.table(output, name, sweep))
+    if cell_ids is not None:
+        tables = {k: t.filter(pl.col("cell_id").is_in(cell_ids)) for k, t in tables.items()}
+    tables["cells"] = groups.label(tables["cells"])  # once: every summary and figure keys by it
+    cells, evals = tables["cells"], tables["evals"]
+    results = summaries.cell_results(cells, evals, settings).collect()
     rob = summaries.lr_robustness(cells, evals, settings)
     ranges = summaries.robust_range(rob)
-    smooth = summaries.smoothness(tables, settings)
-    found = claims.check(rob, ranges, smooth, settings)
-    frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "claims": claims.frame(found)}
+    per_cell = smoothness.per_cell(tables, settings)
+    smooth = smoothness.smoothness(tables, settings, per_cell)
+    found = claims.check(results, rob, ranges, per_cell, settings)
+    frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "smoothness_cells": per_cell,
+              "claims": claims.frame(found)}
     _tables(folder, frames)
     lap("summaries")
 
@@ -103,6 +128,7 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     body = "".join([
         overview(sweep, output, cells, tables, settings),
         claims_section(found),
+        method_section(settings),
         range_section(ranges),
         robustness_section(rob, settings),
         smoothness_section(smooth, settings),

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import polars as pl
 
+from analysis import compare, quantities
 from analysis.claims import Claim
 from analysis.figures import Figure
+from analysis.groups import GROUP
 from analysis.html import esc, table
 from analysis.settings import Settings
 from analysis.stats import fmt_ci
 from bnsweep.console import fmt
+
+SETTING = ("setting", lambda r: r["setting"] or "-")
 
 
 def ci_of(col: str):
@@ -24,11 +28,16 @@ def yes(col: str):
 def overview(sweep: str, output: str, cells: pl.LazyFrame, tables: dict[str, pl.LazyFrame], s: Settings) -> str:
     status = cells.group_by("status").agg(pl.len()).collect()
     counts = ", ".join(f"{n} {st}" for st, n in sorted(status.iter_rows()))
-    per = cells.group_by("arch", "norm", "lr").agg(pl.len().alias("n")).select(pl.col("n").min().alias("lo"), pl.col("n").max().alias("hi")).collect()
+    per = (cells.group_by(GROUP).agg(pl.col("seed").n_unique().alias("n"))
+           .select(pl.col("n").min().alias("lo"), pl.col("n").max().alias("hi")).collect())
     seeds = f"{per['lo'][0]}" if per["lo"][0] == per["hi"][0] else f"{per['lo'][0]}-{per['hi'][0]}"
+    settings = sorted(x for x in cells.select("setting").unique().collect()["setting"] if x)
+    varied = (f" Settings differ among cells of one (arch, norm, lr), so they are kept apart, never pooled: "
+              f"{'; '.join(settings)}." if settings else "")
     rows = [{"table": name, "rows": t.select(pl.len()).collect().item()} for name, t in tables.items()]
     return (f"<h1>bnsweep report: {esc(sweep)}</h1>"
-            f"<p>Output <code>{esc(output)}</code>. Cells: {esc(counts or 'none')}; {esc(seeds)} seeds per (arch, norm, lr). "
+            f"<p>Output <code>{esc(output)}</code>. Cells: {esc(counts or 'none')}; {esc(seeds)} seeds per "
+            f"(arch, norm, lr, setting).{esc(varied)} "
             f"Intervals are {s.confidence:.0%} percentile-bootstrap CIs over seeds ({s.resamples} resamples, seed {s.seed}); "
             f"<i>n</i> is the number of seeds behind each number. Bands in the figures span the seeds (min to max).</p>"
             + table(rows, [("table", lambda r: r["table"]), ("rows", lambda r: r["rows"])]))
@@ -36,17 +45,33 @@ def overview(sweep: str, output: str, cells: pl.LazyFrame, tables: dict[str, pl.
 
 def claims_section(found: list[Claim]) -> str:
     def verdict(c: Claim) -> str:
-        return f"<span class='{c.verdict.replace(' ', '-')}'>{esc(c.verdict)}</span>"
+        note = f"<p class='note'>{esc(c.note)}</p>" if c.note else ""
+        return f"<span class='{c.verdict.replace(' ', '-')}'>{esc(c.verdict)}</span>{note}"
     rows = "".join(f"<tr><td>{esc(c.figure)}</td><td>{esc(c.text)}</td><td>{verdict(c)}</td><td>"
                    + ("<ul>" + "".join(f"<li>{esc(e)}</li>" for e in c.evidence) + "</ul>" if c.evidence else "")
                    + (f"<p class='note'>Missing: {esc(c.missing)}.</p>" if c.missing else "") + "</td></tr>" for c in found)
     return ("<h2 id='claims'>The paper's claims, checked against this sweep</h2>"
-            "<table><thead><tr><th>figure</th><th>claim</th><th>verdict</th><th>evidence (median or mean [95 % CI] (n seeds))</th></tr>"
+            "<p>Each comparison is decided by the interval of the difference between the groups over seeds "
+            "(<a href='#method'>method</a>): <i>supported</i>, <i>contradicted</i> (the opposite, or equal within the "
+            "margin), <i>inconclusive</i> (the interval allows both; the seeds that would likely settle it are an "
+            "estimate), or <i>not measured</i>.</p>"
+            "<table><thead><tr><th>figure</th><th>claim</th><th>verdict</th><th>evidence (per group: centre over seeds "
+            "(n); difference or ratio [interval]: outcome)</th></tr>"
             f"</thead><tbody>{rows}</tbody></table>")
 
 
+def method_section(s: Settings) -> str:
+    """The statistics, as stated once in analysis/quantities.py and analysis/compare.py, with this report's settings."""
+    used = (f"This report: confidence {s.confidence:.0%}, {s.resamples} resamples (generator seed {s.seed}), "
+            f"upper quantile {s.upper_quantile:g}, early window the first {s.early_fraction:.0%} of steps, margins "
+            f"{s.accuracy_tolerance:g} accuracy points and a factor {s.factor_tolerance:g}, at least {s.min_seeds} seeds "
+            "per side.")
+    return ("<h2 id='method'>How the numbers are computed</h2>"
+            f"<p>{esc(used)}</p><pre>{esc(quantities.__doc__)}</pre><pre>{esc(compare.__doc__)}</pre>")
+
+
 def range_section(ranges: pl.DataFrame) -> str:
-    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), ("metric", lambda r: r["metric"]),
+    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), SETTING, ("metric", lambda r: r["metric"]),
             ("best lr", lambda r: f"{r['best_lr']:g}" if r["best_lr"] else "-"),
             ("best value", lambda r: fmt_ci(r["best_value"], r["best_value_lo"], r["best_value_hi"], r["best_value_n"])),
             ("robust range", lambda r: f"{r['lr_min']:g} .. {r['lr_max']:g}" if r["lr_min"] else "-"),
@@ -60,7 +85,7 @@ def range_section(ranges: pl.DataFrame) -> str:
 def robustness_section(rob: pl.DataFrame, s: Settings) -> str:
     targets = rob.group_by("arch").agg(pl.col("target").first(), pl.col("metric").first()).sort("arch")
     text = "; ".join(f"{a}: {m.replace('_', ' ')} {'≥' if m.endswith('accuracy') else '≤'} {fmt(t)}" for a, t, m in targets.iter_rows())
-    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), ("lr", lambda r: f"{r['lr']:g}"),
+    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), ("lr", lambda r: f"{r['lr']:g}"), SETTING,
             ("seeds", lambda r: r["seeds"]), ("failed", lambda r: r["failed"]), ("divergence rate", ci_of("divergence_rate")),
             ("final train loss", ci_of("train_loss")), ("final train acc", ci_of("train_accuracy")), ("final test acc", ci_of("test_accuracy")),
             ("steps to target (n = seeds reaching it)", ci_of("steps_to_target")), ("in range", yes("in_range")), ("best", yes("best"))]
@@ -74,16 +99,22 @@ def smoothness_section(smooth: pl.DataFrame, s: Settings) -> str:
     head = "<h2 id='smoothness'>Smoothness and internal covariate shift</h2>"
     if smooth.is_empty():
         return head + "<p class='note'>Not measured in this output: add a <code>measure:</code> block with landscape, ics or curvature.</p>"
-    text = pl.struct("median", "lo", "hi", "seeds").map_elements(lambda r: fmt_ci(*r.values()), return_dtype=pl.String)
+    text = pl.struct("estimate", "lo", "hi", "seeds").map_elements(lambda r: fmt_ci(*r.values()), return_dtype=pl.String)
+    keys = ["arch", "norm", "lr", "setting", "quantity", "layer", "window"]
     wide = (smooth.with_columns(text=text)
-            .pivot("window", index=["arch", "norm", "lr", "quantity", "layer"], values="text")
-            .sort("arch", "quantity", "layer", "lr", "norm", nulls_last=True))
-    cols = [("arch", lambda r: r["arch"]), ("quantity", lambda r: r["quantity"]), ("layer", lambda r: r["layer"] if r["layer"] is not None else "-"),
-            ("lr", lambda r: f"{r['lr']:g}"), ("norm", lambda r: r["norm"]),
-            (f"early (first {s.early_fraction:.0%} of steps)", lambda r: r.get("early") or "-"), ("overall", lambda r: r.get("overall") or "-")]
-    return (head + "<p>Per cell, the mean over its probed steps; then the median over seeds [95 % CI] (n seeds). "
-            "gradient predictiveness = max over eta of ||grad(w) - grad(w - eta g)||; loss band = max / min loss over eta; "
-            "ICS per layer; lambda_max = top Hessian eigenvalue.</p>" + table(wide.to_dicts(), cols))
+            .pivot("statistic", index=keys, values="text")
+            .sort("arch", "quantity", "layer", "lr", "setting", "window", "norm", nulls_last=True))
+    cols = [("arch", lambda r: r["arch"]), ("quantity", lambda r: r["quantity"]),
+            ("layer", lambda r: r["layer"] if r["layer"] is not None else "-"), ("lr", lambda r: f"{r['lr']:g}"), SETTING,
+            ("norm", lambda r: r["norm"]), ("window", lambda r: r["window"]),
+            ("median over probed steps", lambda r: r.get("median") or "-"),
+            (f"upper ({s.upper_quantile:g} quantile)", lambda r: r.get("upper") or "-"),
+            ("share above 2/lr", lambda r: r.get("above_eos") or "-")]
+    return (head + f"<p>Per cell, statistics over its probed steps, {esc('early')} (first {s.early_fraction:.0%} of steps) "
+            "and overall; then the geometric mean over seeds for log-scale quantities (the mean for ICS cosine and "
+            "shares) [95 % CI] (n seeds); see <a href='#method'>method</a>. gradient predictiveness = max over eta of "
+            "||grad(w) - grad(w - eta g)||; loss band = max / min loss over eta; ICS per layer; lambda_max = top "
+            "Hessian eigenvalue.</p>" + table(wide.to_dicts(), cols))
 
 
 def figure_block(name: str, fig: Figure, df: pl.DataFrame) -> str:

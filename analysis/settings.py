@@ -1,4 +1,4 @@
-"""The analysis defaults, in one place; each can be changed per call (`Settings(tolerance=0.05)`)."""
+"""The analysis defaults, in one place; each can be changed per call (`Settings(accuracy_tolerance=0.05)`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Settings:
     target_fraction: float = 0.9  # steps-to-target: 90 % of the arch's best final train accuracy (loss: best / 0.9)
-    accuracy_tolerance: float = 0.02  # robust range and "similar": within 2 accuracy points of the best
-    loss_factor: float = 2.0  # regression losses span decades: "within a tolerance" = within 2x of the best
+    accuracy_tolerance: float = 0.02  # robust range and equality margin: within 2 accuracy points
+    factor_tolerance: float = 2.0  # losses and log-scale quantities span decades: within 2x (robust range, margin)
     min_seeds: int = 2  # a claim needs at least this many finished seeds on each side; a CI needs 2
+    upper_quantile: float = 0.9  # a cell's "upper" statistic: this quantile over its probed steps
     confidence: float = 0.95  # bootstrap percentile interval
     resamples: int = 10_000  # bootstrap resamples: quantile error well below the spread of 2-10 seeds
     seed: int = 0  # bootstrap generator seed: the same tables give the same report

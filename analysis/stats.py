@@ -1,4 +1,7 @@
-"""Statistics over seeds: percentile-bootstrap confidence intervals and seed bands, as Polars expressions.
+"""Statistics over seeds: percentile-bootstrap confidence intervals of one group and seed bands, as Polars expressions.
+
+Comparing two groups is analysis/compare.py (the interval of the difference); which statistic a
+quantity gets is analysis/quantities.py.
 
     frame.group_by("arch", "norm", "lr").agg(seed_ci("test_accuracy"))   # struct {estimate, lo, hi, n}
     .pipe(flatten, "test_accuracy")   # -> test_accuracy, test_accuracy_lo, test_accuracy_hi, test_accuracy_n
@@ -19,7 +22,12 @@ import polars as pl
 from analysis.settings import DEFAULT, Settings
 from bnsweep.console import fmt
 
-STATS = {"mean": np.mean, "median": np.median}
+def geomean(v: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """10 ** mean(log10 v): the centre of a heavy-tailed positive quantity over seeds."""
+    return 10 ** np.mean(np.log10(v), axis=axis)
+
+
+STATS = {"mean": np.mean, "median": np.median, "geomean": geomean}
 CI = pl.Struct({"estimate": pl.Float64, "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64})
 
 
@@ -59,10 +67,22 @@ def flatten(frame: pl.LazyFrame, *cols: str) -> pl.LazyFrame:
     )
 
 
-def seed_band(col: str) -> list[pl.Expr]:
-    """In a group_by().agg() over seeds: mean line and min-max band of `col`, and the seed count."""
+def mean_sd_n(col: str) -> list[pl.Expr]:
+    """In a group_by().agg(): mean, sample sd and count of `col` (nulls skipped): col_mean, col_sd, col_n.
+
+    bnsweep.console.mean_sd formats the three as text.
+    """
+    c = pl.col(col)
+    return [c.mean().alias(f"{col}_mean"), c.std().alias(f"{col}_sd"), c.count().alias(f"{col}_n")]
+
+
+def seed_band(col: str, log: pl.Expr | bool = False) -> list[pl.Expr]:
+    """In a group_by().agg() over seeds: centre line (the mean; the geometric mean where `log`) and min-max band of
+    `col`, and the seed count."""
     v = pl.col(col).filter(pl.col(col).is_finite())
-    return [v.mean().alias("mean"), v.min().alias("lo"), v.max().alias("hi"), v.count().alias("seeds")]
+    geo = 10 ** v.log10().mean()
+    centre = geo if log is True else v.mean() if log is False else pl.when(log).then(geo).otherwise(v.mean())
+    return [centre.alias("mean"), v.min().alias("lo"), v.max().alias("hi"), v.count().alias("seeds")]
 
 
 def fmt_ci(estimate: float | None, lo: float | None, hi: float | None, n: int | None) -> str:

@@ -114,7 +114,7 @@ def cmd_schema(args) -> int:
 def cmd_report(args) -> int:
     from analysis import report
 
-    for written in report.write(args.output, args.dest):
+    for written in report.write(args.output, args.dest, spec=args.spec):
         print(f"{written.line()}")
         for name, why in written.skipped.items():
             print(f"  skipped {name}: {why}")
@@ -181,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.html, figures (SVG, PNG) and summary tables (CSV, Parquet) per sweep")
     rep.add_argument("output", help="a sweep's output folder (the spec's `output`)")
     rep.add_argument("-o", dest="dest", help="report folder (default OUTPUT/reports); one subfolder per sweep")
+    rep.add_argument("--spec", help="report only the cells of this sweep file (as `run` would expand it)")
     rep.set_defaults(fn=cmd_report)
     q = sub.add_parser("query", help="SQL over every table of an output (Polars SQL)")
     q.add_argument("output", help="a sweep's output folder")

@@ -14,7 +14,8 @@ def cell(arch: str, norm: str, lr: float, seed: int) -> SimpleNamespace:
     return SimpleNamespace(cell_id=f"{arch}-{norm}-{lr:g}-{seed}", sweep=SWEEP, arch=arch, norm=norm, lr=lr, seed=seed)
 
 
-def write_cell(store: Store, c, status: str, final: float | None, mid: float | None = None, classification: bool = True) -> None:
+def write_cell(store: Store, c, status: str, final: float | None, mid: float | None = None, classification: bool = True,
+               steps: int = STEPS, config_json: str | None = None) -> None:
     """A finished cell whose train metric is `final` at its last evaluation (`mid` at step 50).
 
     Classification: train accuracy 0.1, mid, final (test: 0.01 lower), loss 1. Regression: train and test loss 1e4, mid, final.
@@ -27,8 +28,9 @@ def write_cell(store: Store, c, status: str, final: float | None, mid: float | N
             seq = [1e4, final * 3 if mid is None else mid, final]
             metric = {"accuracy": [None] * 6, "loss": seq * 2}
         store.write("evals", c, table("evals", c, {"step": [0, 50, 100] * 2, "split": ["train"] * 3 + ["test"] * 3, **metric}))
-    store.write("cells", c, table("cells", c, {"status": [status], "steps": [STEPS], "steps_done": [STEPS if status == "done" else 7],
-                                               "dataset": ["synthetic"], "wall_s": [1.5]}))
+    done = steps if status == "done" else 7
+    store.write("cells", c, table("cells", c, {"status": [status], "steps": [steps], "steps_done": [done],
+                                               "dataset": ["synthetic"], "wall_s": [1.5], "config_json": [config_json]}))
 
 
 # (arch, norm, lr) -> final train metric per seed; None = diverged. "vgg" ranks by accuracy, "dln" by loss.
@@ -97,3 +99,37 @@ def write_measurements(store: Store) -> None:
             store.write("ics", c, table("ics", c, {"step": probes, "layer": [2] * 4, "l2": [(5 + s if norm == "batch" else 1 + s)] * 4,
                                                    "cosine": [0.1 if norm == "batch" else 0.9] * 4}))
             store.write("curvature", c, table("curvature", c, {"step": [0, 50], "lambda_max": [10.0 * (s + 1) if norm == "batch" else 100.0] * 2}))
+
+
+def landscape_draws(rng, draws: int, seeds: int, probes: int = 40, lr: float = 0.5, tail: float = 0.2,
+                    spike: tuple[int, int, float] | None = None) -> dict:
+    """In-memory `cells` and `landscape` tables of `draws` independent vgg sweeps (none and batch, `seeds` each).
+
+    beta_eff per probed step: log10 = log10(2/lr) + a seed offset N(0, 0.15) + step noise N(0, 0.1);
+    `none` also exceeds the edge of stability in a share `tail` of its steps, by U(0.5, 1.5) decades
+    (the upper tail is where the paper's effect lives; tail=0: no effect). The loss band and gradient
+    change are 1. `spike` = (draw, seed, factor): that batch cell's beta_eff at one probed step is
+    multiplied by `factor`. Cells are named d<draw>-<norm>-<seed>.
+    """
+    import numpy as np
+    import polars as pl
+
+    cells, land = [], {"cell_id": [], "step": [], "beta_eff": []}
+    for d in range(draws):
+        for norm in ("batch", "none"):
+            for s in range(seeds):
+                cid = f"d{d:05d}-{norm}-{s}"
+                cells.append({"cell_id": cid, "arch": "vgg", "norm": norm, "lr": lr, "seed": s, "status": "done",
+                              "steps": probes})
+                logb = np.log10(2 / lr) + rng.normal(0, 0.15) + rng.normal(0, 0.1, probes)
+                if norm == "none":
+                    logb += (rng.random(probes) < tail) * rng.uniform(0.5, 1.5, probes)
+                beta = 10 ** logb
+                if spike and spike[:2] == (d, s) and norm == "batch":
+                    beta[probes // 2] *= spike[2]
+                land["cell_id"] += [cid] * probes
+                land["step"] += list(range(probes))
+                land["beta_eff"] += beta.tolist()
+    n = len(land["step"])
+    landscape = pl.LazyFrame({**land, "loss": [1.0] * n, "grad_diff_l2": [1.0] * n})
+    return {"cells": pl.LazyFrame(cells), "landscape": landscape}

@@ -45,11 +45,16 @@ def test_report_writes_every_file_offline(measured_report):
     for name in figures.FIGURES:
         assert (folder / "figures" / f"{name}.svg").read_text().startswith("<svg")
         assert (folder / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    for name in ("lr_robustness", "robust_range", "smoothness", "claims"):
+    for name in ("lr_robustness", "robust_range", "smoothness", "smoothness_cells", "claims"):
         a, b = pl.read_csv(folder / "tables" / f"{name}.csv"), pl.read_parquet(folder / "tables" / f"{name}.parquet")
         assert len(a) == len(b) > 0 and a.columns == b.columns, name
     assert "(n=2)" in html  # numbers carry their seed counts
-    assert html.count("<span class='supported'>") + html.count("<span class='not-supported'>") + html.count("<span class='not-measured-in-this-output'>") == 7
+    spans = ("supported", "contradicted", "inconclusive", "not-measured-in-this-output")
+    assert sum(html.count(f"<span class='{v}'>") for v in spans) == 7
+    assert "How the numbers are computed" in html and "edge of stability" in html  # the method, shown once
+    for name in ("fig4_landscape", "curvature"):  # 2/lr drawn as a rule where beta_eff or lambda_max is
+        assert '"type": "rule"' in (folder / "figures" / f"{name}.vl.json").read_text(), name
+    assert '"type": "rule"' not in (folder / "figures" / "fig1_accuracy.vl.json").read_text()
 
 
 def test_absent_tables_skip_figures_with_a_note(tmp_path):

@@ -1,9 +1,10 @@
 """Summaries on tables with known answers (tests/synthetic.py): robust ranges, CIs, diverged and failed cells, smoothness."""
 
+import numpy as np
 import polars as pl
 import pytest
 
-from analysis import load, summaries
+from analysis import load, smoothness, summaries
 from synthetic import SWEEP, write_measurements, write_runs
 
 
@@ -74,27 +75,73 @@ def test_robust_range_in_decades(rob):
     assert row(ranges, arch="vgg", norm="batch")["lrs_in_range"] == 4 and row(ranges, arch="vgg", norm="batch")["lrs_tried"] == 6
 
 
-def test_smoothness_medians_and_cis(out):
-    sm = summaries.smoothness(load.tables(out, SWEEP))
-    q = lambda norm, quantity, window="overall", layer=None: row(
-        sm.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer), arch="vgg", norm=norm, lr=0.5, quantity=quantity, window=window)
-    expect = [  # norm, quantity, window, layer: median, lo, hi (three seeds: the median's CI is [min, max], P(median = min) = 7/27)
-        ("batch", "beta_eff", "overall", None, 2.75, 2.5, 3.0),  # per seed (4 + s + 2 + 2 + 2) / 4
-        ("batch", "beta_eff", "early", None, 5.0, 4.0, 6.0),  # step 0 only: 4 + s
-        ("none", "beta_eff", "overall", None, 27.5, 25.0, 30.0),
-        ("batch", "loss_band", "overall", None, 4.0, 4.0, 4.0),  # 4 / 1; the inf probe is dropped
-        ("none", "loss_band", "overall", None, 100.0, 100.0, 100.0),
-        ("batch", "grad_predictiveness", "overall", None, 1.3, 0.3, 2.3),
-        ("none", "grad_predictiveness", "early", None, 13.0, 3.0, 23.0),
-        ("batch", "ics_l2", "overall", 2, 6.0, 5.0, 7.0),
-        ("none", "ics_cosine", "overall", 2, 0.9, 0.9, 0.9),
-        ("batch", "lambda_max", "overall", None, 20.0, 10.0, 30.0),
+def test_final_metrics_is_built_from_cell_results(out):
+    """The run summary's mean, sd and n agree with cell_results, the one owner of a cell's final metrics."""
+    cells, evals = load.table(out, "cells", SWEEP), load.table(out, "evals", SWEEP)
+    fm = summaries.final_metrics(cells, evals)
+    r = row(fm, arch="vgg", norm="batch", lr=10.0)
+    assert (r["seeds"], r["diverged"], r["failed"], r["train_accuracy_n"]) == (2, 1, 0, 1)
+    assert r["train_accuracy_mean"] == pytest.approx(0.98)  # the diverged seed's 0.999 is not used
+    r = row(fm, arch="vgg", norm="none", lr=0.1)
+    assert (r["seeds"], r["failed"], r["train_accuracy_n"]) == (3, 1, 2)  # the failed seed 2 counts as tried, not as a result
+    assert r["train_accuracy_sd"] == pytest.approx(pl.Series([0.93, 0.935]).std())
+    per = summaries.cell_results(cells, evals).collect()
+    for r in fm.iter_rows(named=True):
+        sel = per.filter(arch=r["arch"], norm=r["norm"], lr=r["lr"], status="done")["train_loss"]
+        assert r["train_loss_n"] == len(sel) and r["train_loss_mean"] == pytest.approx(sel.mean() if len(sel) else None)
+
+
+def test_within_is_one_tolerance_on_the_ranked_scale():
+    df = pl.DataFrame({"classification": [True, True, False, False], "value": [0.95, 0.97, 210.0, 190.0],
+                       "best": [0.98, 0.98, 100.0, 100.0]})
+    got = df.select(summaries.within(pl.col("value"), pl.col("best")))["value"].to_list()
+    assert got == [False, True, False, True]  # 0.03 and 0.01 points below; 2.1x and 1.9x the best loss
+
+
+def per_step_quantile(values, q):
+    """The q-quantile with linear interpolation, by hand."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    i = int(pos)
+    return v[i] + (pos - i) * (v[min(i + 1, len(v) - 1)] - v[i])
+
+
+def test_per_cell_statistics_over_probed_steps(out):
+    per = smoothness.per_cell(load.tables(out, SWEEP))
+    q = lambda norm, seed, quantity, statistic, window="overall": row(
+        per, norm=norm, seed=seed, quantity=quantity, statistic=statistic, window=window)["value"]
+    for s in range(3):
+        for norm, k in (("batch", 1.0), ("none", 10.0)):
+            betas = [k * (4 + s), k * 2, k * 2, k * 2]  # probes at steps 0, 10, 50, 90
+            assert q(norm, s, "beta_eff", "median") == pytest.approx(sorted(betas)[1] / 2 + sorted(betas)[2] / 2)
+            assert q(norm, s, "beta_eff", "upper") == pytest.approx(per_step_quantile(betas, 0.9))
+            assert q(norm, s, "beta_eff", "above_eos") == pytest.approx(sum(b > 2 / 0.5 for b in betas) / 4)
+            assert q(norm, s, "beta_eff", "median", "early") == pytest.approx(k * (4 + s))  # step 0 only (< 10 % of 100)
+            assert q(norm, s, "loss_band", "upper") == pytest.approx(4.0 if norm == "batch" else 100.0)  # the inf probe dropped
+    assert per.filter(quantity="loss_band", statistic="above_eos").is_empty()  # 2/lr concerns sharpness only
+    assert row(per, norm="batch", seed=1, quantity="lambda_max", statistic="above_eos", window="overall")["value"] == 1.0  # 20 > 4
+
+
+def test_smoothness_geometric_means_and_cis(out):
+    sm = smoothness.smoothness(load.tables(out, SWEEP))
+    q = lambda norm, quantity, statistic, window="overall", layer=None: row(
+        sm.filter(pl.col("layer").is_null() if layer is None else pl.col("layer") == layer),
+        arch="vgg", norm=norm, lr=0.5, quantity=quantity, statistic=statistic, window=window)
+    geo = lambda v: float(np.exp(np.mean(np.log(v))))
+    expect = [  # norm, quantity, statistic, window, layer: centre, lo, hi, centre kind (three seeds: the CI is [min, max])
+        ("batch", "beta_eff", "median", "early", None, geo([4, 5, 6]), 4.0, 6.0, "geomean"),
+        ("none", "beta_eff", "median", "overall", None, 20.0, 20.0, 20.0, "geomean"),
+        ("batch", "grad_predictiveness", "upper", "overall", None, geo([0.3, 1.3, 2.3]), 0.3, 2.3, "geomean"),
+        ("batch", "ics_l2", "median", "overall", 2, geo([5, 6, 7]), 5.0, 7.0, "geomean"),
+        ("none", "ics_cosine", "median", "overall", 2, 0.9, 0.9, 0.9, "mean"),
+        ("batch", "beta_eff", "above_eos", "overall", None, 1 / 6, 0.0, 0.25, "mean"),
+        ("batch", "lambda_max", "median", "overall", None, geo([10, 20, 30]), 10.0, 30.0, "geomean"),
     ]
-    for norm, quantity, window, layer, med, lo, hi in expect:
-        r = q(norm, quantity, window, layer)
-        assert (r["median"], r["lo"], r["hi"], r["seeds"]) == pytest.approx((med, lo, hi, 3)), (norm, quantity, window)
+    for norm, quantity, statistic, window, layer, centre, lo, hi, kind in expect:
+        r = q(norm, quantity, statistic, window, layer)
+        assert (r["estimate"], r["lo"], r["hi"], r["seeds"], r["centre"]) == pytest.approx((centre, lo, hi, 3, kind)), (norm, quantity)
 
 
 def test_smoothness_without_measurements_is_empty(out):
-    sm = summaries.smoothness({"cells": load.table(out, "cells", SWEEP)})
-    assert sm.is_empty() and {"median", "lo", "hi", "seeds", "window"} <= set(sm.columns)
+    sm = smoothness.smoothness({"cells": load.table(out, "cells", SWEEP)})
+    assert sm.is_empty() and {"estimate", "lo", "hi", "seeds", "window", "statistic"} <= set(sm.columns)
