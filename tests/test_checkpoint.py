@@ -42,6 +42,7 @@ def _bytes(state):
     return buf.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS)
 def test_resume_is_bit_identical(norm):
     c = with_measure(cell("vgg_mini", norm, 0.1, steps=24, eval_every=5), ALL_ON)

@@ -195,6 +195,7 @@ def test_curvature_of_a_quadratic_is_its_top_eigenvalue():
     close(rows["curvature"][0]["lambda_max"], torch.linalg.eigvalsh(h).max().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["none", "batch", "noisy_batch", "l2"])
 def test_curvature_of_a_small_net_matches_the_full_hessian(norm):
     model, x, y, lf = tiny(norm)

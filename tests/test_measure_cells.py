@@ -22,6 +22,7 @@ def with_measure(c: CellConfig, measure: dict) -> CellConfig:
     return CellConfig.model_validate({**c.model_dump(by_alias=True), "measure": measure})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS)
 def test_measurements_never_change_training(norm):
     base = cell("vgg_mini", norm, 0.1, steps=12, eval_every=4)
@@ -81,6 +82,7 @@ def test_figure_sweeps_validate_and_measure(path):
     assert cells and all(any(getattr(c.measure, m) is not None for m in MEASURES) for c in cells)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MEASURES)
 def test_every_registered_measurement_runs_from_its_example(name, tmp_path):
     """A measurement added to MEASURES is tested here with no edit: its example options run in a real

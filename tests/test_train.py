@@ -20,6 +20,7 @@ def cell(arch="dln", norm="batch", lr=1e-5, seed=0, steps=40, eval_every=20, **t
                       train=TrainSpec(steps=steps, batch_size=train.pop("batch_size", bs), eval_every=eval_every, **train))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS)
 def test_same_seed_same_result_and_seeds_differ(norm):
     a, b = train_cell(cell("vgg_mini", norm, 0.1, steps=15, eval_every=5)), train_cell(cell("vgg_mini", norm, 0.1, steps=15, eval_every=5))
