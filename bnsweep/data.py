@@ -14,11 +14,12 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bnsweep.errors import UserError
 from bnsweep.norms import Options
 
+DIGITS_IMAGES = 1797  # scikit-learn's load_digits()
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -30,6 +31,7 @@ class DatasetInfo:
     input_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors
     out_dim: int  # classes, or target width for regression
     task: Literal["classification", "regression"]
+    train_size: int | None = None  # training samples: a batch can hold at most this many (None: not known)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Cifar10:
 
     @staticmethod
     def info(spec: Cifar10Spec) -> DatasetInfo:
-        return DatasetInfo("cifar10", (3, 32, 32), 10, "classification")
+        return DatasetInfo("cifar10", (3, 32, 32), 10, "classification", 50_000)
 
     @classmethod
     def missing(cls, spec: Cifar10Spec) -> str | None:
@@ -120,6 +122,13 @@ class DigitsSpec(Options):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the 1797 images held out for test.")
     split_seed: int = Field(0, ge=0, description="Seed of the fixed train/test split (the same for every cell).")
 
+    @field_validator("test_fraction")
+    @classmethod
+    def _both_splits_hold_images(cls, v: float) -> float:
+        if not 1 <= round(DIGITS_IMAGES * v) < DIGITS_IMAGES:
+            raise ValueError(f"leaves an empty train or test split of the {DIGITS_IMAGES} images (got {v:g})")
+        return v
+
 
 class Digits:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes): real data, offline."""
@@ -129,7 +138,7 @@ class Digits:
 
     @staticmethod
     def info(spec: DigitsSpec) -> DatasetInfo:
-        return DatasetInfo("digits", (1, 8, 8), 10, "classification")
+        return DatasetInfo("digits", (1, 8, 8), 10, "classification", DIGITS_IMAGES - round(DIGITS_IMAGES * spec.test_fraction))
 
     @staticmethod
     def missing(spec: DigitsSpec) -> str | None:
@@ -169,7 +178,7 @@ class GaussianRegression:
 
     @staticmethod
     def info(spec: GaussianRegressionSpec) -> DatasetInfo:
-        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression")
+        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression", spec.samples)
 
     @staticmethod
     def missing(spec: GaussianRegressionSpec) -> str | None:

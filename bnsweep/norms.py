@@ -18,9 +18,13 @@ NormLayer = Callable[[int], nn.Module]
 
 
 class Options(BaseModel):
-    """Base of every option model: unknown keys are errors, values are immutable."""
+    """Base of every option model: unknown keys are errors, values are immutable, types strict, numbers finite.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: a bool or a string is never read as a number (`lr: true`, `lr: "0.1"`); finite: inf and
+    nan are refused here, not by a worker after the JSON round trip (JSON has no inf).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class NoOptions(Options):
