@@ -120,7 +120,10 @@ def cmd_schema(args) -> int:
 
 def cmd_report(args) -> int:
     from analysis import report
+    from bnsweep import destinations
 
+    if args.dest is not None:
+        destinations.folder(args.dest)
     for written in report.write(args.output, args.dest):
         print(f"{written.line()}")
         for name, why in written.skipped.items():
@@ -130,14 +133,23 @@ def cmd_report(args) -> int:
 
 def cmd_query(args) -> int:
     from analysis import query
+    from bnsweep import destinations
     from bnsweep.console import frame_table
 
-    result = query.sql(args.output, args.sql)
-    if args.format == "table":
-        text = frame_table(result, args.max_rows)
+    if args.file:
+        destinations.file(args.file)
+    table = args.format == "table"
+    limit = args.max_rows + 1 if table and args.max_rows else None  # one row more tells whether there are more
+    result = query.sql(args.output, args.sql, limit)
+    if table:
+        more = limit is not None and len(result) == limit
+        text = frame_table(result.head(args.max_rows) if more else result, args.max_rows, more=more)
         if args.file:
-            with open(args.file, "w") as f:
-                f.write(text + "\n")
+            try:
+                with open(args.file, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                raise UserError(f"cannot write {args.file}: {e.strerror}") from None
         else:
             print(text)
         return 0
