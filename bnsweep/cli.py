@@ -48,9 +48,12 @@ def cmd_run(args) -> int:
     from bnsweep.records import Store
     from bnsweep.specfile import load_cells
 
+    from bnsweep.interrupt import StopOnInterrupt
+
     spec, cells = load_cells(args.spec, args.max_cells)
     _check_data(c.dataset for c in cells)
-    outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent)
+    with StopOnInterrupt():
+        outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent)
     if outcome.total == 0:
         print("nothing to run: every cell already has a result")
     print(f"\nsweep {spec.name}: final metrics over seeds (mean ± sd over finished seeds, n = seeds)")
@@ -243,7 +246,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # a bad argument (its one line is printed) or --help: the status, also in-process
+        return int(e.code or 0)
     try:
         return args.fn(args)
     except UserError as e:
