@@ -53,6 +53,8 @@ def tokens(query: str) -> list[Token]:
     out, pos = [], 0
     while pos < len(query):
         m = _TOKEN.match(query, pos)
+        if m is not None and m.lastgroup == "op" and query.startswith("/*", pos):
+            m = None  # a comment the pattern could not close
         if m is None:
             what = "an unterminated string or comment" if query[pos] in "'\"`/" else f"the character {short(query[pos])}"
             raise UserError(f"query refused: {what} at character {pos + 1}")
