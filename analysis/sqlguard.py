@@ -20,15 +20,20 @@ from bnsweep.errors import UserError
 from bnsweep.limits import short
 
 STATEMENTS = ("select", "with")  # the statements a query may be
-OTHER_STATEMENTS = {"copy", "attach", "detach", "create", "drop", "truncate", "insert", "update", "delete", "show",
-                    "explain", "describe", "set", "pragma", "install", "load", "export", "import", "alter", "call",
-                    "use", "grant", "merge", "replace", "vacuum", "checkpoint"}
+OTHER_STATEMENTS = set((  # named in the refusal; any other first word is a parse error
+    "copy attach detach create drop truncate insert update delete show explain describe set pragma "
+    "install load export import alter call use grant merge replace vacuum checkpoint"
+).split())
 TABLE_FUNCTIONS = ("unnest",)  # the table functions allowed in a FROM clause: they read no file
-CLAUSE_ENDS = {"where", "group", "having", "order", "limit", "offset", "union", "except", "intersect",
-               "qualify", "window", "fetch", "on", "using", "select"}
+CLAUSE_ENDS = set((  # words that end a FROM clause
+    "where group having order limit offset union except intersect qualify window fetch on using "
+    "select"
+).split())
 JOINS = {"join", "from", "lateral"}
-KEYWORDS = {"in", "exists", "as", "from", "join", "on", "using", "where", "and", "or", "not", "any", "all", "lateral",
-            "values", "over", "select", "with", "union", "except", "intersect", "filter", "within", "when", "then", "else"}
+KEYWORDS = set((  # words before "(" that make no function call
+    "in exists as from join on using where and or not any all lateral values over select with union "
+    "except intersect filter within when then else"
+).split())
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,17 @@ class Token:
     at: int  # character offset, for messages
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<space>\s+|--[^\n]*|/\*.*?\*/)
   | (?P<string>'(?:[^']|'')*')
   | (?P<quoted>"(?:[^"]|"")*"|`[^`]*`)
   | (?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)
   | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
   | (?P<op>::|<=|>=|<>|!=|\|\||[-+*/%(),;.<>=\[\]{}:^~!@#&|?$])
-""", re.VERBOSE | re.DOTALL)
+""",
+    re.VERBOSE | re.DOTALL,
+)
 
 
 def tokens(query: str) -> list[Token]:
@@ -56,7 +64,9 @@ def tokens(query: str) -> list[Token]:
         if m is not None and m.lastgroup == "op" and query.startswith("/*", pos):
             m = None  # a comment the pattern could not close
         if m is None:
-            what = "an unterminated string or comment" if query[pos] in "'\"`/" else f"the character {short(query[pos])}"
+            what = (
+                "an unterminated string or comment" if query[pos] in "'\"`/" else f"the character {short(query[pos])}"
+            )
             raise UserError(f"query refused: {what} at character {pos + 1}")
         kind = m.lastgroup
         if kind == "quoted":
@@ -81,17 +91,25 @@ def check(query: str, tables: list[str] | tuple[str, ...]) -> None:
     if not toks:
         raise UserError("query refused: it is empty; give one SELECT statement")
     if semi := [t for t in toks if t.text == ";"]:
-        raise UserError(f"query refused: more than one statement (a ';' at character {semi[0].at + 1}); give one SELECT")
+        raise UserError(
+            f"query refused: more than one statement (a ';' at character {semi[0].at + 1}); give one SELECT"
+        )
     first = next((t for t in toks if t.text != "("), toks[0])
     if first.kind == "word" and first.text in OTHER_STATEMENTS:
-        raise UserError(f"query refused: only SELECT (or WITH ... SELECT) is allowed, not {first.text.upper()}; "
-                        "a query reads the tables and changes nothing")
+        raise UserError(
+            f"query refused: only SELECT (or WITH ... SELECT) is allowed, not {first.text.upper()}; "
+            "a query reads the tables and changes nothing"
+        )
     if first.kind != "word" or first.text not in STATEMENTS:
-        raise UserError(f"query refused: sql parser error: expected SELECT or WITH at the start, found {short(first.text)}")
+        raise UserError(
+            f"query refused: sql parser error: expected SELECT or WITH at the start, found {short(first.text)}"
+        )
     for i, t in enumerate(toks):
         nxt = toks[i + 1] if i + 1 < len(toks) else None
         if _name(t) and nxt is not None and nxt.text == "(" and re.match(r"(read|scan)_", t.text):
-            raise UserError(f"query refused: {t.text}() reads files; a query reads only the tables: {', '.join(tables)}")
+            raise UserError(
+                f"query refused: {t.text}() reads files; a query reads only the tables: {', '.join(tables)}"
+            )
     _check_relations(toks, tables)
 
 
@@ -116,8 +134,10 @@ def _check_relations(toks: list[Token], tables) -> None:
             if nxt is not None and nxt.text == "(":
                 if name in TABLE_FUNCTIONS:
                     continue
-                raise UserError(f"query refused: the table function {name}() at character {t.at + 1} is not allowed; "
-                                f"a query reads only the tables: {', '.join(tables)}")
+                raise UserError(
+                    f"query refused: the table function {name}() at character {t.at + 1} is not allowed; "
+                    f"a query reads only the tables: {', '.join(tables)}"
+                )
             continue
         if t.text == "(":
             call = prev is not None and _name(prev) is not None and prev.text not in KEYWORDS

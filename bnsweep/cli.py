@@ -91,7 +91,8 @@ def cmd_plan(args) -> int:
     for c in cells:  # one config at a time: only its printed row is kept
         rows.append({"cell_id": c.cell_id, "arch": c.arch, "norm": c.norm, "lr": f"{c.lr:g}", "seed": c.seed,
                      "dataset": c.dataset.name, "steps": c.train.steps, "batch": c.train.batch_size,
-                     "cpu": f"{c.resources.cpu:g}", "gpu": f"{c.resources.gpu:g}", "status": status.get(c.cell_id, "pending")})
+                     "cpu": f"{c.resources.cpu:g}", "gpu": f"{c.resources.gpu:g}",
+                     "status": status.get(c.cell_id, "pending")})
         needs[c.resources] += 1
     print(text_table(rows))
     counts = Counter(r["status"] for r in rows)
@@ -214,7 +215,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run every cell of a sweep that has no result yet")
     r.add_argument("spec", help="sweep YAML file")
     r.add_argument("--address", help="Ray cluster to join (e.g. auto); default: embedded local Ray")
-    r.add_argument("--max-concurrent", type=_count(1), default=None, help="at most this many cells at once (default: as many as fit)")
+    r.add_argument("--max-concurrent", type=_count(1), default=None,
+                   help="at most this many cells at once (default: as many as fit)")
     _max_cells(r)
     r.set_defaults(fn=cmd_run)
     for name, fn, text in (("validate", cmd_validate, "check a sweep file and its data; runs nothing"),

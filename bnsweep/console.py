@@ -40,7 +40,8 @@ def frame_table(df, max_rows: int | None = 50, more: bool = False) -> str:
     shown = df.head(max_rows) if max_rows else df
     if more:
         text = frame_table(shown, None).rsplit("\n", 1)[0]
-        return text + f"\n(more than {len(shown)} rows; the first {len(shown)} shown: use --max-rows 0, LIMIT, or --format csv)"
+        n = len(shown)
+        return text + f"\n(more than {n} rows; the first {n} shown: use --max-rows 0, LIMIT, or --format csv)"
     rows = [{k: fmt(v) if isinstance(v, float) else ("-" if v is None else v) for k, v in r.items()} for r in shown.iter_rows(named=True)]
     text = text_table(rows, df.columns) if rows else text_table([dict.fromkeys(df.columns, "")], df.columns).rsplit("\n", 1)[0]
     if len(shown) < len(df):

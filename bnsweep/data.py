@@ -138,7 +138,8 @@ class Digits:
 
     @staticmethod
     def info(spec: DigitsSpec) -> DatasetInfo:
-        return DatasetInfo("digits", (1, 8, 8), 10, "classification", DIGITS_IMAGES - round(DIGITS_IMAGES * spec.test_fraction))
+        train = DIGITS_IMAGES - round(DIGITS_IMAGES * spec.test_fraction)  # as load() splits
+        return DatasetInfo("digits", (1, 8, 8), 10, "classification", train)
 
     @staticmethod
     def missing(spec: DigitsSpec) -> str | None:

@@ -31,5 +31,9 @@ def file(dest: str | Path) -> Path:
         raise UserError(f"-o {dest}: is a folder; give a file name")
     parent = p.parent
     if not parent.is_dir():
-        raise UserError(f"-o {dest}: folder {parent} does not exist" if not parent.exists() else f"-o {dest}: {parent} is not a folder")
+        raise UserError(
+            f"-o {dest}: folder {parent} does not exist"
+            if not parent.exists()
+            else f"-o {dest}: {parent} is not a folder"
+        )
     return p

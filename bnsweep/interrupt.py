@@ -40,7 +40,9 @@ class StopOnInterrupt:
         self.count += 1
         _REQUESTED.set()
         if self.count == 1:
-            print("\ninterrupted: stopping the running cells (Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+            print(
+                "\ninterrupted: stopping the running cells (Ctrl-C again to exit at once)", file=sys.stderr, flush=True
+            )
             raise KeyboardInterrupt
         print("\ninterrupted twice: exiting now", file=sys.stderr, flush=True)
         os._exit(130)

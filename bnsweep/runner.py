@@ -282,7 +282,8 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
                 {"id": c.cell_id, "json": c.model_dump_json(), "cpu": c.resources.cpu, "gpu": c.resources.gpu} for c in todo])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda t: t.config["cell"]["id"]),
-            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress], stop=_stopper(),
+            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress],
+                                      stop=_stopper(),
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )
         grid = tuner.fit()

@@ -122,7 +122,8 @@ class SweepSpec(Settings):
     """A sweep: a name, where its tables go, default settings, and one or more grids."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
-                      description=f"Sweep name; a partition value in every table and a file name (at most {MAX_NAME} characters).")
+                      description=f"Sweep name; a partition value in every table and a file name "
+                                  f"(at most {MAX_NAME} characters).")
     output: str = Field(description="Where the tables go: a local or shared path (later also s3://, gs://).")
     grid: list[Grid] = Field(min_length=1, description="A grid, or a list of grids whose cells are concatenated.")
 
@@ -238,7 +239,8 @@ def _check_block(where: str, g: Grid, s: Settings) -> None:
         raise UserError(f"{where}: train.batch_size: {s.train.batch_size} is larger than the training set of dataset "
                         f"{s.dataset.name!r} ({info.train_size} samples); at most {info.train_size}")
     if (values := math.prod(info.input_shape) * (info.train_size or 0)) > MAX_DATA_ELEMENTS:
-        raise UserError(f"{where}: dataset {s.dataset.name!r}: {values:,} training values; at most {MAX_DATA_ELEMENTS:,} fit one device")
+        raise UserError(f"{where}: dataset {s.dataset.name!r}: {values:,} training values; "
+                        f"at most {MAX_DATA_ELEMENTS:,} fit one device")
     if s.device == "cuda" and s.resources.gpu == 0:
         raise UserError(f"{where}: device: cuda needs resources.gpu > 0 (got gpu: 0)")
     for arch in g.arch:
@@ -259,7 +261,8 @@ def _worker_accepts(cell: CellConfig, where: str) -> None:
     except ValidationError as e:
         raise UserError(f"{where}: a cell does not survive the trip to a worker: {validation_error(e)}") from None
     if again != cell:
-        raise UserError(f"{where}: a cell changes on the trip to a worker (arch={cell.arch} norm={cell.norm} lr={cell.lr:g} seed={cell.seed})")
+        raise UserError(f"{where}: a cell changes on the trip to a worker "
+                        f"(arch={cell.arch} norm={cell.norm} lr={cell.lr:g} seed={cell.seed})")
 
 
 def iter_cells(spec: SweepSpec) -> Iterator[CellConfig]:

@@ -28,7 +28,8 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise UserError(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value, not a {key_node.id}")
+                line = key_node.start_mark.line + 1
+                raise UserError(f"line {line}: a mapping key must be a plain value, not a {key_node.id}")
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise UserError(f"line {key_node.start_mark.line + 1}: key {short(key)} appears twice")
@@ -38,7 +39,8 @@ class _Loader(yaml.SafeLoader):
     def construct_yaml_int(self, node):
         value = super().construct_yaml_int(node)
         if abs(value) > MAX_INT:
-            raise UserError(f"line {node.start_mark.line + 1}: integer {short(value)} out of range; integers are at most 2**63 - 1")
+            raise UserError(f"line {node.start_mark.line + 1}: integer {short(value)} out of range; "
+                            "integers are at most 2**63 - 1")
         return value
 
 
@@ -64,8 +66,8 @@ def expanded_size(root: yaml.Node) -> int:
             open_.discard(id(node))
             size[id(node)] = total = 1 + sum(size[id(k)] for k in kids)
             if total > MAX_YAML_NODES:
-                raise UserError(f"line {node.start_mark.line + 1}: the document expands (aliases included) to more than "
-                                f"{MAX_YAML_NODES:,} values; a sweep file may hold at most that many")
+                raise UserError(f"line {node.start_mark.line + 1}: the document expands (aliases included) to "
+                                f"more than {MAX_YAML_NODES:,} values; a sweep file may hold at most that many")
             continue
         if id(node) in size:
             continue

@@ -27,42 +27,93 @@ from conftest import tree_digest  # noqa: E402
 pytestmark = pytest.mark.slow
 
 BASE = {
-    "name": "fuzz", "device": "cpu",
+    "name": "fuzz",
+    "device": "cpu",
     "dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32},
     "train": {"steps": 40, "batch_size": 32, "eval_every": 20},
     "model": {"dln": {"depth": 4}, "vgg": {"width": 0.0625}},
-    "grid": [{"arch": ["dln"], "norm": ["none", "batch"], "lr": [1e-3, 1e-2], "seed": [0, 1]},
-             {"arch": ["vgg_mini"], "norm": ["l2"], "lr": [0.1], "overrides": {"dataset": {"name": "digits"}}}],
+    "grid": [
+        {"arch": ["dln"], "norm": ["none", "batch"], "lr": [1e-3, 1e-2], "seed": [0, 1]},
+        {"arch": ["vgg_mini"], "norm": ["l2"], "lr": [0.1], "overrides": {"dataset": {"name": "digits"}}},
+    ],
 }
 
 # Where a mutation lands: every kind of field (numbers, lists, names, nested options, unknown keys).
 PATHS = [
-    ("name",), ("output",), ("device",), ("checkpoint_every",), ("colour",),
-    ("dataset",), ("dataset", "name"), ("dataset", "samples"), ("dataset", "dim"), ("dataset", "seed"), ("dataset", "test_samples"),
-    ("train",), ("train", "steps"), ("train", "batch_size"), ("train", "momentum"), ("train", "weight_decay"),
-    ("train", "eval_every"), ("train", "augment"), ("train", "divergence_factor"), ("train", "eval_batch_size"),
-    ("model", "dln", "depth"), ("model", "dln", "width"), ("model", "vgg", "width"), ("model", "vgg", "head"),
-    ("norm_options", "batch", "momentum"), ("norm_options", "noisy_batch", "n_sigma"),
-    ("resources", "cpu"), ("resources", "gpu"),
-    ("measure", "ics"), ("measure", "ics", "layers"), ("measure", "ics", "every"), ("measure", "curvature", "steps"),
-    ("grid",), ("grid", 0), ("grid", 0, "arch"), ("grid", 0, "norm"), ("grid", 0, "lr"), ("grid", 0, "seed"),
-    ("grid", 0, "lr", 0), ("grid", 0, "seed", 1), ("grid", 0, "overrides"), ("grid", 0, "overrides", "train", "batch_size"),
-    ("grid", 1, "overrides", "dataset", "test_fraction"), ("grid", 1, "lr"), ("grid", 1, "arch", 0),
+    ("name",),
+    ("output",),
+    ("device",),
+    ("checkpoint_every",),
+    ("colour",),
+    ("dataset",),
+    ("dataset", "name"),
+    ("dataset", "samples"),
+    ("dataset", "dim"),
+    ("dataset", "seed"),
+    ("dataset", "test_samples"),
+    ("train",),
+    ("train", "steps"),
+    ("train", "batch_size"),
+    ("train", "momentum"),
+    ("train", "weight_decay"),
+    ("train", "eval_every"),
+    ("train", "augment"),
+    ("train", "divergence_factor"),
+    ("train", "eval_batch_size"),
+    ("model", "dln", "depth"),
+    ("model", "dln", "width"),
+    ("model", "vgg", "width"),
+    ("model", "vgg", "head"),
+    ("norm_options", "batch", "momentum"),
+    ("norm_options", "noisy_batch", "n_sigma"),
+    ("resources", "cpu"),
+    ("resources", "gpu"),
+    ("measure", "ics"),
+    ("measure", "ics", "layers"),
+    ("measure", "ics", "every"),
+    ("measure", "curvature", "steps"),
+    ("grid",),
+    ("grid", 0),
+    ("grid", 0, "arch"),
+    ("grid", 0, "norm"),
+    ("grid", 0, "lr"),
+    ("grid", 0, "seed"),
+    ("grid", 0, "lr", 0),
+    ("grid", 0, "seed", 1),
+    ("grid", 0, "overrides"),
+    ("grid", 0, "overrides", "train", "batch_size"),
+    ("grid", 1, "overrides", "dataset", "test_fraction"),
+    ("grid", 1, "lr"),
+    ("grid", 1, "arch", 0),
 ]
 
 scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(min_value=-3, max_value=3), st.integers(min_value=-(2**80), max_value=2**80),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=3),
+    st.integers(min_value=-(2**80), max_value=2**80),
     st.sampled_from([0, 1, 2, 64, 65, 1438, 1439, 10**6, 10**6 + 1, 10**15, 10**15 + 1, 2**63 - 1, 2**63, 2**64]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-300, 1e300, 0.5, 1.0, 2.0]),
-    st.text(max_size=12), st.sampled_from(["", " ", "0.1", "true", "dln", "batch", "cuda", "digits", "cifar10", "../x", "a" * 300]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-300, 1e300, 0.5, 1.0, 2.0]),
+    st.text(max_size=12),
+    st.sampled_from(["", " ", "0.1", "true", "dln", "batch", "cuda", "digits", "cifar10", "../x", "a" * 300]),
 )
 hostile_numbers = st.one_of(  # the values that once validated and then failed in a run
-    st.sampled_from([math.inf, -math.inf, math.nan, True, False, "0.1", "1", 2**70, 10**12, 10**16, 65, 2000, 300 * "a"]),
+    st.sampled_from(
+        [math.inf, -math.inf, math.nan, True, False, "0.1", "1", 2**70, 10**12, 10**16, 65, 2000, 300 * "a"]
+    ),
     st.lists(st.sampled_from([math.inf, math.nan, True, "0.1", 2**70, 0.1, 1]), min_size=1, max_size=3),
 )
-values = st.one_of(hostile_numbers, hostile_numbers, scalars, st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=8))
+values = st.one_of(
+    hostile_numbers,
+    hostile_numbers,
+    scalars,
+    st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+        max_leaves=8,
+    ),
+)
 
 
 def _set(doc, path, value) -> None:
@@ -118,8 +169,27 @@ def _document(mutations, damage, output: str) -> bytes:
     return data
 
 
-NUMBERS = {"steps", "batch_size", "momentum", "weight_decay", "eval_every", "divergence_factor", "eval_batch_size",
-           "samples", "dim", "test_samples", "depth", "width", "cpu", "gpu", "lr", "seed", "checkpoint_every", "n_sigma", "every"}
+NUMBERS = {
+    "steps",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "eval_every",
+    "divergence_factor",
+    "eval_batch_size",
+    "samples",
+    "dim",
+    "test_samples",
+    "depth",
+    "width",
+    "cpu",
+    "gpu",
+    "lr",
+    "seed",
+    "checkpoint_every",
+    "n_sigma",
+    "every",
+}
 
 
 def _numbers_are_numbers(node, key=None) -> None:
@@ -154,7 +224,11 @@ def _worker_accepts(spec_path: Path) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(mutations=st.lists(mutation, min_size=1, max_size=4), damage=text_damage, command=st.sampled_from(["validate", "plan"]))
+@given(
+    mutations=st.lists(mutation, min_size=1, max_size=4),
+    damage=text_damage,
+    command=st.sampled_from(["validate", "plan"]),
+)
 def test_mutated_specs_exit_0_or_2_and_write_nothing(mutations, damage, command):
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)

@@ -24,12 +24,19 @@ LRS = [1e-6, 2e-6, 3e-6, 4e-6, 5e-6, 6e-6]  # small: no cell diverges and stops 
 
 
 def _spec(tmp_path: Path, steps: int) -> Path:
-    return write_spec(tmp_path / "spec.yaml", {
-        "name": "intr", "output": str(tmp_path / "out"), "device": "cpu", "checkpoint_every": 0,
-        "dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32},
-        "model": {"dln": {"depth": 4}}, "train": {"steps": steps, "batch_size": 64, "eval_every": 0},
-        "grid": {"arch": ["dln"], "norm": ["none"], "lr": LRS, "seed": [0]},
-    })
+    return write_spec(
+        tmp_path / "spec.yaml",
+        {
+            "name": "intr",
+            "output": str(tmp_path / "out"),
+            "device": "cpu",
+            "checkpoint_every": 0,
+            "dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32},
+            "model": {"dln": {"depth": 4}},
+            "train": {"steps": steps, "batch_size": 64, "eval_every": 0},
+            "grid": {"arch": ["dln"], "norm": ["none"], "lr": LRS, "seed": [0]},
+        },
+    )
 
 
 class Driver:
@@ -37,8 +44,15 @@ class Driver:
 
     def __init__(self, spec: Path, *args: str):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        self.p = subprocess.Popen([sys.executable, "-m", "bnsweep", "run", str(spec), *args], cwd=spec.parent, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "bnsweep", "run", str(spec), *args],
+            cwd=spec.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.out: list[str] = []
         self.err: list[str] = []
         for stream, into in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
@@ -71,7 +85,9 @@ class Driver:
 
 def _cells(out: Path) -> dict[str, bytes]:
     folder = out / "cells" / "sweep=intr"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))} if folder.exists() else {}
+    return (
+        {str(p.relative_to(out)): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))} if folder.exists() else {}
+    )
 
 
 def _results(out: Path) -> dict[str, bytes]:
@@ -122,8 +138,13 @@ def test_second_interrupt_forces_exit_and_the_next_run_takes_over(tmp_path):
     assert d.finish() == 130, d.text()
     assert any("exiting now" in line for line in d.err) or not (out / "_locks" / "intr.json").exists(), d.text()
     # whatever the forced exit left, the next run is not refused: a lock naming a dead pid is taken over
-    again = subprocess.run([sys.executable, "-m", "bnsweep", "plan", str(spec)], cwd=tmp_path, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    again = subprocess.run(
+        [sys.executable, "-m", "bnsweep", "plan", str(spec)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert again.returncode == 0, again.stderr
     from bnsweep.lock import RunLock
     from bnsweep.records import Store

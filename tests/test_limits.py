@@ -3,7 +3,6 @@ counted before they are expanded, expanded one cell at a time, and checked for d
 
 from __future__ import annotations
 
-import polars as pl
 import pytest
 
 from analysis import query, sqlguard
@@ -117,7 +116,17 @@ def test_cell_count_is_checked_before_any_cell_is_built(tmp_path, monkeypatch, c
         assert "expands to 2,000,000 cells" in capsys.readouterr().err
     assert built == []
     assert main(["validate", str(path), "--max-cells", "1999999"]) == 2
-    assert main(["validate", str(write_spec(tmp_path / "t.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN]))), "--max-cells", "8"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                str(write_spec(tmp_path / "t.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN]))),
+                "--max-cells",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert len(built) == 8  # the counting wrapper does see cells when they are built
 
 
@@ -126,7 +135,9 @@ def test_cells_stream_one_at_a_time(tmp_path):
     from bnsweep.specfile import load_spec
     from bnsweep.spec import iter_cells
 
-    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN, {**TINY_DLN, "seed": [1, 2]}])))
+    spec = load_spec(
+        write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN, {**TINY_DLN, "seed": [1, 2]}]))
+    )
     cells = iter_cells(spec)
     first = next(cells)
     assert first.arch == "dln" and first.seed == 0
@@ -136,7 +147,12 @@ def test_cells_stream_one_at_a_time(tmp_path):
 
 def test_a_100k_cell_spec_validates_and_plans(tmp_path, capsys):
     """10^5 cells (the default maximum): validate and plan answer, and plan lists every cell once."""
-    grid = {**TINY_DLN, "norm": ["none", "batch", "l1", "l2", "linf"], "lr": [i * 1e-6 for i in range(1, 201)], "seed": list(range(100))}
+    grid = {
+        **TINY_DLN,
+        "norm": ["none", "batch", "l1", "l2", "linf"],
+        "lr": [i * 1e-6 for i in range(1, 201)],
+        "seed": list(range(100)),
+    }
     path = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid]))
     assert main(["validate", str(path)]) == 0
     assert "100000 cells" in capsys.readouterr().out
