@@ -102,7 +102,7 @@ def check(query: str, tables: list[str] | tuple[str, ...]) -> None:
         )
     if first.kind != "word" or first.text not in STATEMENTS:
         raise UserError(
-            f"query refused: sql parser error: expected SELECT or WITH at the start, found {short(first.text)}"
+            f"query refused: sql parser error: expected SELECT or WITH at the start, found {short(query[first.at : first.at + len(first.text)])}"
         )
     for i, t in enumerate(toks):
         nxt = toks[i + 1] if i + 1 < len(toks) else None
