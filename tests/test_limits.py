@@ -145,6 +145,7 @@ def test_cells_stream_one_at_a_time(tmp_path):
         list(cells)
 
 
+@pytest.mark.slow
 def test_a_100k_cell_spec_validates_and_plans(tmp_path, capsys):
     """10^5 cells (the default maximum): validate and plan answer, and plan lists every cell once."""
     grid = {
