@@ -20,6 +20,7 @@ from bnsweep.measure import MeasureSpec, layered
 from bnsweep.models import MODEL_FAMILIES, MODELS, count_weight_layers
 from bnsweep.norms import NORMS
 from bnsweep.options import Options
+from bnsweep.performance import Performance
 
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
 TRAIN_VERSION = 1
@@ -73,6 +74,7 @@ class Settings(Options):
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
     measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
     checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
+    performance: Performance = Field(default_factory=Performance, description="How a cell runs on a GPU: precision (TF32 or not), cuDNN autotuning, memory layout, determinism.")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -154,6 +156,7 @@ class CellConfig(Options):
     resources: Resources
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     checkpoint_every: int = 1000
+    performance: Performance = Field(default_factory=Performance)
 
     @model_validator(mode="before")
     @classmethod
@@ -170,7 +173,9 @@ class CellConfig(Options):
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the result: not where it runs, how often it checkpoints, nor where the data sits."""
-        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every"})
+        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every", "performance"})
+        if self.performance.precision != Performance.model_fields["precision"].default:
+            d["precision"] = self.performance.precision  # TF32 changes results; the default keeps the ids it always had
         d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
         if not d["measure"]:  # cells without measurements keep the ids they always had
             del d["measure"]
@@ -233,7 +238,7 @@ def expand(spec: SweepSpec) -> list[CellConfig]:
                 model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
                 train=s.train.model_copy(update={k: protocol[k] for k in unset}),
                 device=s.device, resources=s.resources, measure=s.measure,
-                checkpoint_every=s.checkpoint_every,
+                checkpoint_every=s.checkpoint_every, performance=s.performance,
             )
             if cell.cell_id in cells:
                 raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")
