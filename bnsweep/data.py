@@ -203,6 +203,4 @@ def load_data(spec: Options, device: str) -> Data:
     ds = DATASETS[spec.name]
     ds.prepare(spec)
     xtr, ytr, xte, yte = (t.to(device) for t in ds.load(spec))
-    info = ds.info(spec)
-    assert len(xtr) == info.train_size, f"{spec.name}: info() says {info.train_size} training samples, load() gave {len(xtr)}"
-    return Data(info, xtr, ytr, xte, yte)
+    return Data(ds.info(spec), xtr, ytr, xte, yte)
