@@ -5,16 +5,17 @@
 The data is CIFAR-shaped noise written in torchvision's on-disk format (tests/test_data.py), so
 nothing is downloaded. Tolerances, and why:
 - measurements: each float within RTOL = 1e-3 of the float64 value, relative to the largest magnitude
-  of that column in the cell (float32 carries ~6e-8 per operation; sums over ~1e5 terms and 3 SGD
-  steps leave ~1e-5); `lambda_max` within 5e-2 (power iteration starts from the device's own
-  random vector, so CPU and CUDA stop at different iterates);
+  of that column in the cell; ICS within ICS_RTOL = 1e-2. Measured on CPU, float32 against float64 for
+  this cell at width 1/8: ICS cosine 2.2e-3, ICS l2 2e-4, landscape 1.5e-4, activations 1.3e-5, losses
+  below 1e-6. Power iteration (curvature) starts from a random vector drawn on the parameters' device,
+  so both runs here draw it from one CPU generator (`same_start`): what is compared is the device's
+  Hessian-vector products, the only device-dependent part;
 - resume: bit for bit with `performance: {deterministic: true}`; within RESUME_RTOL = 1e-3 with the
   default cuDNN autotuning, whose algorithms may sum in a different order after a restart.
 """
 
 import math
 
-import polars as pl
 import pytest
 import torch
 
@@ -27,11 +28,11 @@ from test_data import write_fake_cifar10
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-RTOL, CURVATURE_RTOL, RESUME_RTOL = 1e-3, 5e-2, 1e-3
+RTOL, ICS_RTOL, RESUME_RTOL = 1e-3, 1e-2, 1e-3
 EVERY_MEASUREMENT = {"ics": {"steps": [0, 1, 2], "layers": [2, 7, 13]},
                      "landscape": {"steps": [0, 1, 2], "eta": {"from": 0.5, "to": 4, "points": 4}},
                      "activations": {"steps": [0, 1, 2], "layers": [2, 9, 13]},
-                     "curvature": {"steps": [0], "iterations": 100}}
+                     "curvature": {"steps": [0, 2], "iterations": 20}}
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,30 @@ def assert_rows_close(name: str, ref: list[dict], got: list[dict], rtol: float) 
     for a, b in zip(ref, got):
         for k, v in a.items():
             if name == "curvature" and k in ("iterations", "rel_change"):
-                continue  # where the power iteration stops depends on its random start
+                continue  # the stopping diagnostics: a threshold on rel_change may stop one iteration apart
             if isinstance(v, float):
                 assert abs(v - b[k]) <= rtol * max(scale[k], 1e-12), (name, k, a["step"], v, b[k])
             else:
                 assert v == b[k], (name, k)
+
+
+@pytest.fixture
+def same_start(monkeypatch):
+    """Power iteration from one CPU float64 start vector on every device; the products stay on the device."""
+    from bnsweep.measure import curvature
+
+    shipped = curvature.power_iteration
+
+    def power_iteration(hvp, shapes, iterations, tol, generator):
+        where = [(s.device, s.dtype) for s in shapes]
+
+        def hvp64(v):
+            return [h.to("cpu", torch.float64) for h in hvp([t.to(d, dt) for t, (d, dt) in zip(v, where)])]
+
+        cpu = [torch.zeros(s.shape, dtype=torch.float64) for s in shapes]
+        return shipped(hvp64, cpu, iterations, tol, torch.Generator().manual_seed(generator.initial_seed()))
+
+    monkeypatch.setattr(curvature, "power_iteration", power_iteration)
 
 
 def test_vgg16_cell_end_to_end_on_cuda_with_every_measurement(cifar_root, tmp_path):
@@ -80,7 +100,8 @@ def test_vgg16_cell_end_to_end_on_cuda_with_every_measurement(cifar_root, tmp_pa
     assert sorted(set(store.read("evals", "gpu").column("step").to_pylist())) == [0, 10, 20, 24]
 
 
-def test_each_measurement_on_cuda_matches_the_cpu_float64_reference(cifar_root):
+@pytest.mark.slow  # the float64 reference runs full-width VGG-16 on the CPU
+def test_each_measurement_on_cuda_matches_the_cpu_float64_reference(cifar_root, same_start):
     # lr 0.01: on random labels, lr 0.05 already amplifies float32 rounding to 2.5e-3 by step 2 (seen on CPU)
     c = vgg16(cifar_root, steps=3, measure=EVERY_MEASUREMENT, lr=0.01, deterministic=True)
     ref = train_cell(c, device="cpu", dtype=torch.float64)
@@ -90,7 +111,7 @@ def test_each_measurement_on_cuda_matches_the_cpu_float64_reference(cifar_root):
                       [{"step": s, "loss": v} for s, v in zip(got.steps["step"], got.steps["loss"])], RTOL)
     assert ref.measure_rows.keys() == got.measure_rows.keys() == EVERY_MEASUREMENT.keys()
     for name, rows in ref.measure_rows.items():
-        assert_rows_close(name, rows, got.measure_rows[name], CURVATURE_RTOL if name == "curvature" else RTOL)
+        assert_rows_close(name, rows, got.measure_rows[name], ICS_RTOL if name == "ics" else RTOL)
 
 
 def _resumed(c: CellConfig, at: int):
@@ -134,8 +155,8 @@ def test_two_cells_share_one_gpu_through_bnsweep_run(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid], name="shared", device="auto",
                                                      resources={"cpu": 1, "gpu": 0.5}))
     assert main(["run", str(spec)]) == 0
-    cells = pl.read_parquet(str(tmp_path / "out" / "cells" / "**" / "*.parquet"), hive_partitioning=True)
-    assert cells["status"].to_list() == ["done", "done"]
-    assert all(d.startswith("cuda") for d in cells["device"].to_list())
-    (s0, s1), (f0, f1) = cells["started_at"].to_list(), cells["finished_at"].to_list()
+    cells = Store(str(tmp_path / "out")).read("cells", "shared").to_pydict()
+    assert cells["status"] == ["done", "done"]
+    assert all(d.startswith("cuda") for d in cells["device"])
+    (s0, s1), (f0, f1) = cells["started_at"], cells["finished_at"]
     assert s0 < f1 and s1 < f0, "the two cells ran one after the other, not side by side on the GPU"
