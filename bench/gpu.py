@@ -9,7 +9,8 @@ processes on the one device (what Ray's fractional `gpu` trials are); of packs o
 `bnsweep/performance.py` (CUDA: precision, cuDNN autotuning, channels_last); the paper schedule's
 measurement cost, as run and projected to 15,000 steps. From the CUDA figures it projects the
 GPU-hours of sweeps/lr_grid.yaml and sweeps/paper.yaml (bench/projection.py). Every variant runs in
-a fresh process after a warm-up, so memory peaks and cuDNN caches are its own. Writes
+a fresh process after a warm-up, so memory peaks and cuDNN caches are its own; ms per step and images/s
+are over the whole timed `train_cell` (steps, and the evaluations at step 0 and the end). Writes
 bench/results/gpu_<device>.json.
 """
 
