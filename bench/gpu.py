@@ -39,7 +39,8 @@ def workloads(device: str, steps: int, data_root: str) -> dict[str, dict]:
     base = {"sweep": "bench", "norm": "batch", "seed": 0, "norm_options": {}, "device": device, "resources": {},
             "checkpoint_every": 0}
     if device == "cuda":
-        return {"vgg16": {**base, "arch": "vgg16", "lr": 0.1, "model": {}, "dataset": {"name": "cifar10", "root": data_root},
+        return {"vgg16": {**base, "arch": "vgg16", "lr": 0.1, "model": {},
+                          "dataset": {"name": "cifar10", "root": data_root},
                           "train": {"steps": steps, "batch_size": 128, "eval_every": 0}}}
     return {
         "dln": {**base, "arch": "dln", "lr": 1e-6, "model": {}, "dataset": {"name": "gaussian_regression"},
@@ -75,8 +76,8 @@ def _job(kind: str, cells: list[dict], warm: int, barrier, queue) -> None:
         run = lambda cs: train_pack(cs)  # noqa: E731
     else:
         run = lambda cs: [train_cell(cs[0])]  # noqa: E731
-    short = [c.model_copy(update={"train": c.train.model_copy(update={"steps": warm}), "measure": c.measure.__class__()})
-             for c in cfgs]
+    short = [c.model_copy(update={"train": c.train.model_copy(update={"steps": warm}),
+                                  "measure": c.measure.__class__()}) for c in cfgs]
     run(short)  # data on the device, kernels chosen, caches warm
     cuda = cfgs[0].device == "cuda"
     if cuda:
@@ -152,7 +153,8 @@ def choices(cell: dict, device: str, warm: int) -> dict:
     variants = {"default": {}, "channels_last": {"channels_last": True}}
     if device == "cuda":
         variants |= {"precision_high_tf32": {"precision": "high"}, "no_cudnn_benchmark": {"cudnn_benchmark": False},
-                     "deterministic": {"deterministic": True}, "channels_last+tf32": {"channels_last": True, "precision": "high"}}
+                     "deterministic": {"deterministic": True},
+                     "channels_last+tf32": {"channels_last": True, "precision": "high"}}
     elif cell["arch"] == "dln":
         return {"note": "no choice changes a CPU run of the DLN (no convolutions)"}
     return {name: timed("cell", [[{**cell, "performance": perf}]], warm) for name, perf in variants.items()}
@@ -173,9 +175,11 @@ def measurement_cost(cell: dict, warm: int) -> dict:
     paper_steps = 15000 if cell["arch"] != "dln" else 10000
     train_per_step = off["train_s"][0] / steps
     extra = sum(per_probe[n] * len(o.resolve(paper_steps)) for n, o in enabled(spec))
-    return {"measure": measure, "off_s": off["wall_s"], "on_s": on["wall_s"], "ratio_as_run": round(on["wall_s"] / off["wall_s"], 3),
+    return {"measure": measure, "off_s": off["wall_s"], "on_s": on["wall_s"],
+            "ratio_as_run": round(on["wall_s"] / off["wall_s"], 3),
             "seconds_per_probe": {k: round(v, 4) for k, v in per_probe.items()},
-            "ratio_projected_to_paper_steps": round(1 + extra / (train_per_step * paper_steps), 3), "paper_steps": paper_steps}
+            "ratio_projected_to_paper_steps": round(1 + extra / (train_per_step * paper_steps), 3),
+            "paper_steps": paper_steps}
 
 
 def main() -> None:
@@ -186,7 +190,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="timed steps per cell (default: 300 on CUDA, 100 on CPU)")
     ap.add_argument("--warm", type=int, default=20, help="warm-up steps before timing")
     ap.add_argument("--ks", default="2,4,8", help="cells per device / per pack")
-    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: concurrent, packs, choices, measurement")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to leave out: concurrent, packs, choices, measurement")
     args = ap.parse_args()
     steps = args.steps or (300 if args.device == "cuda" else 100)
     ks, skip = [int(k) for k in args.ks.split(",")], set(filter(None, args.skip.split(",")))
@@ -197,9 +202,11 @@ def main() -> None:
             fake_cifar10(Path(tmp), n=10000)
         for name, cell in workloads(args.device, steps, tmp).items():
             w = result["workloads"][name] = {}
-            for part, fn in (("concurrent", lambda: concurrent(cell, ks, args.warm)), ("packs", lambda: packs(cell, ks, args.warm)),
-                             ("choices", lambda: choices(cell, args.device, args.warm)),
-                             ("measurement", lambda: measurement_cost(cell, args.warm))):
+            parts = (("concurrent", lambda: concurrent(cell, ks, args.warm)),
+                     ("packs", lambda: packs(cell, ks, args.warm)),
+                     ("choices", lambda: choices(cell, args.device, args.warm)),
+                     ("measurement", lambda: measurement_cost(cell, args.warm)))
+            for part, fn in parts:
                 if part not in skip:
                     w[part] = fn()
                     print(name, part, json.dumps(summary(w[part])), flush=True)

@@ -106,7 +106,8 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"spec": args.spec, "reduced": args.reduced, "repeats": args.repeats, "cores": p,
-              "load_average_at_end": os.getloadavg(), "times_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
+              "load_average_at_end": os.getloadavg(),
+              "times_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
               "concurrency": {str(n): paired(times[f"bare-{n}"], times[f"ray-{n}"], args.target) for n in levels}}
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results").mkdir(exist_ok=True)

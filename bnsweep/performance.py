@@ -27,14 +27,14 @@ class Performance(Options):
 
     precision: Literal["highest", "high"] = Field(
         "highest", description="float32 matmuls and convolutions on CUDA: 'highest' = IEEE float32, as on the paper's "
-        "2018 GPUs, which had no TF32 (paper-faithful, the default); 'high' = TF32 tensor cores (10-bit mantissa, faster "
-        "on Ampere and later). 'high' changes results, and so the cell id.")
+        "2018 GPUs, which had no TF32 (paper-faithful, the default); 'high' = TF32 tensor cores (10-bit mantissa, "
+        "faster on Ampere and later). 'high' changes results, and so the cell id.")
     cudnn_benchmark: bool = Field(True, description="Let cuDNN time its convolution algorithms once per shape and keep "
                                                     "the fastest (CUDA only; rounding order may vary between runs).")
     channels_last: bool = Field(False, description="NHWC memory layout for image models and batches (any device); "
                                                    "on by choice where bench/gpu.py shows it faster.")
-    deterministic: bool = Field(False, description="Deterministic cuDNN algorithms and no autotuning (CUDA only): a "
-                                                   "resumed cell equals an uninterrupted one bit for bit, at some speed.")
+    deterministic: bool = Field(False, description="Deterministic cuDNN algorithms and no autotuning (CUDA only): "
+                                                   "a resumed cell equals an uninterrupted one bit for bit.")
 
 
 def _fp32_precision(precision: str) -> str:

@@ -34,7 +34,8 @@ def test_lr_grid_is_cells_times_steps_times_seconds_per_step():
 def test_evaluations_and_measurements_are_added_per_cell():
     eval_s = 2 * BENCH_IMAGES * 1e-5  # 1e-5 s per evaluated image
     probe = {"ics": 0.1, "landscape": 0.2, "activations": 0.01, "curvature": 1.0}
-    out = project(figures(0.01, eval_s, probe, pack8=4.0), 100, [ROOT / "sweeps" / "paper.yaml"])["sweeps"]["paper.yaml"]
+    out = project(figures(0.01, eval_s, probe, pack8=4.0), 100, [ROOT / "sweeps" / "paper.yaml"])
+    out = out["sweeps"]["paper.yaml"]
     assert out["cells_projected"] == 54 and out["cells_not_projected"] == 36  # the DLN cells run on CPU
     # every 100 over 15,000 steps: 0, 100, ..., 14,900 and the last step; every 500: 30 + 1
     per_cell = 15000 * 0.01 + 16 * CIFAR10_IMAGES * 1e-5 + 151 * (0.1 + 0.2 + 0.01) + 31 * 1.0

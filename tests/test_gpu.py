@@ -151,7 +151,8 @@ def test_two_cells_share_one_gpu_through_bnsweep_run(tmp_path):
     from bnsweep.cli import main
 
     grid = {"arch": ["vgg_mini"], "norm": ["batch"], "lr": [0.1], "seed": [0, 1],
-            "overrides": {"dataset": {"name": "digits"}, "train": {"steps": 3000, "batch_size": 32, "eval_every": 1000}}}
+            "overrides": {"dataset": {"name": "digits"},
+                          "train": {"steps": 3000, "batch_size": 32, "eval_every": 1000}}}
     spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid], name="shared", device="auto",
                                                      resources={"cpu": 1, "gpu": 0.5}))
     assert main(["run", str(spec)]) == 0

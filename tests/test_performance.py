@@ -25,7 +25,8 @@ def rel(a: float, b: float) -> float:
 def test_only_a_non_default_precision_changes_the_cell_id():
     c = cell("vgg_mini", "batch", 0.1)
     assert "performance" not in c.identity() and "precision" not in c.identity()  # old ids stay as they were
-    for perf in ({"cudnn_benchmark": False}, {"channels_last": True}, {"deterministic": True}, {"precision": "highest"}):
+    for perf in ({"cudnn_benchmark": False}, {"channels_last": True}, {"deterministic": True},
+                 {"precision": "highest"}):
         assert with_perf(c, **perf).cell_id == c.cell_id, perf
     assert with_perf(c, precision="high").cell_id != c.cell_id
 
@@ -39,7 +40,8 @@ def test_the_cells_row_records_the_choices_in_effect_on_cpu():
     c = with_perf(cell("dln", steps=5), precision="high", channels_last=True)
     res = train_cell(c)
     row = cells_row(c, res, __import__("datetime").datetime.now(), 0.0, {}, None)
-    assert {k: row[k] for k in ("precision", "tf32", "cudnn_benchmark", "channels_last", "deterministic", "check_every")} == {
+    keys = ("precision", "tf32", "cudnn_benchmark", "channels_last", "deterministic", "check_every")
+    assert {k: row[k] for k in keys} == {
         "precision": "high", "tf32": False, "cudnn_benchmark": False, "channels_last": True, "deterministic": False,
         "check_every": performance.CHECK_EVERY["cpu"]}
 
@@ -53,7 +55,8 @@ def test_cuda_flags_are_set_for_the_cell_and_restored_after():
     with applied(Performance(deterministic=True), torch.device("cuda")) as eff:
         assert (b.cudnn.benchmark, b.cudnn.deterministic, b.cudnn.conv.fp32_precision) == (False, True, "ieee")
         assert b.cuda.matmul.fp32_precision == "ieee" and not eff["tf32"] and not eff["cudnn_benchmark"]
-    assert (b.cudnn.benchmark, b.cudnn.deterministic, b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision) == before
+    after = (b.cudnn.benchmark, b.cudnn.deterministic, b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)
+    assert after == before
     assert effective(Performance(precision="high"), torch.device("cpu"))["tf32"] is False
 
 
