@@ -221,9 +221,14 @@ def main() -> None:
 def summary(part: dict) -> dict:
     """The headline figures of one part, for the console."""
     keep = ("ms_per_cell_step", "images_per_s", "peak_mb_per_process", "status", "error", "note",
-            "ratio_as_run", "ratio_projected_to_paper_steps")
-    return {k: ({kk: vv for kk, vv in v.items() if kk in keep} if isinstance(v, dict) else v)
-            for k, v in part.items() if k in keep or (isinstance(v, dict) and k != "measure")}
+            "ratio_as_run", "ratio_projected_to_paper_steps", "seconds_per_probe")
+    out = {}
+    for k, v in part.items():
+        if k in keep:
+            out[k] = v
+        elif isinstance(v, dict) and k != "measure":
+            out[k] = {kk: vv for kk, vv in v.items() if kk in keep}
+    return out
 
 
 if __name__ == "__main__":
