@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test test-fast lint bench bench-report clean
+.PHONY: setup quickstart test test-fast lint bench bench-report bench-gpu clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: setup
 
 bench-report: setup
 	$(BIN)/python bench/report_query.py
+
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py
 
 clean:
 	rm -rf runs $(VENV)

@@ -51,6 +51,12 @@ for _name, _cls in MEASURES.items():  # one table per measurement, and its cost 
     SCHEMAS[_name] = pa.schema(KEYS + ROW_COLUMNS + _cls.columns)
     SCHEMAS["cells"] = SCHEMAS["cells"].append(pa.field(f"{_name}_s", pa.float64()))
 
+# execution choices in effect (bnsweep/performance.py; precision is the setting, the rest null for a failed
+# cell), appended last so older files are a prefix
+for _f in [("precision", pa.string()), ("tf32", pa.bool_()), ("cudnn_benchmark", pa.bool_()),
+           ("channels_last", pa.bool_()), ("deterministic", pa.bool_()), ("check_every", pa.int64())]:
+    SCHEMAS["cells"] = SCHEMAS["cells"].append(pa.field(*_f))
+
 TABLES = tuple(SCHEMAS)  # cells, steps, evals, then one per measurement
 RESULT_TABLES = tuple(t for t in TABLES if t != "cells")  # written before a cell's `cells` row
 

@@ -56,6 +56,7 @@ def cells_row(cell, res, started: dt.datetime, wall_s: float, provenance: dict, 
         "train_s": res.train_s if res else None, "eval_s": res.eval_s if res else None,
         **provenance,
         "config_json": cell.model_dump_json(),
+        "precision": cell.performance.precision, **(res.performance if res else {}),
         **{f"{name}_s": s for name, s in (res.measure_s if res else {}).items()},
     }
 

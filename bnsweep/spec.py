@@ -24,6 +24,7 @@ from bnsweep.measure import MeasureSpec, layered
 from bnsweep.models import MODEL_FAMILIES, MODELS, count_weight_layers
 from bnsweep.norms import NORMS
 from bnsweep.options import Options
+from bnsweep.performance import Performance
 
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
 TRAIN_VERSION = 1
@@ -77,6 +78,7 @@ class Settings(Options):
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
     measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
     checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
+    performance: Performance = Field(default_factory=Performance, description="How a cell runs on a GPU: precision (TF32 or not), cuDNN autotuning, memory layout, determinism.")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -94,7 +96,7 @@ class Grid(Options):
     lr: list[PositiveFloat] = Field(min_length=1, description="Learning rates (0.1 for VGG, 1e-6 for the DLN in the paper [P]).")
     seed: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         [0], min_length=1, description=f"Seeds: initialisation, batch order and noise; 0 to {MAX_SEED:.0e}.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources), merged over the top level.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources, measure, performance), merged over the top level.")
 
     @field_validator("arch")
     @classmethod
@@ -172,6 +174,7 @@ class CellConfig(Options):
     resources: Resources
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     checkpoint_every: int = 1000
+    performance: Performance = Field(default_factory=Performance)
 
     @model_validator(mode="before")
     @classmethod
@@ -188,7 +191,9 @@ class CellConfig(Options):
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the result: not where it runs, how often it checkpoints, nor where the data sits."""
-        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every"})
+        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every", "performance"})
+        if self.performance.precision != Performance.model_fields["precision"].default:
+            d["precision"] = self.performance.precision  # TF32 changes results; the default keeps the ids it always had
         d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
         if not d["measure"]:  # cells without measurements keep the ids they always had
             del d["measure"]
@@ -299,7 +304,7 @@ def iter_cells(spec: SweepSpec) -> Iterator[CellConfig]:
                 sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
                 model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
                 train=train[arch], device=s.device, resources=s.resources, measure=s.measure,
-                checkpoint_every=s.checkpoint_every,
+                checkpoint_every=s.checkpoint_every, performance=s.performance,
             )
             if (arch, norm) not in checked:  # settings are shared per (arch, norm): one cell each shows the round trip holds
                 _worker_accepts(cell, where)

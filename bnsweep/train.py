@@ -9,6 +9,7 @@ evaluation at step t is taken after t updates (so evaluation 0 is the initialisa
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -23,9 +24,8 @@ from bnsweep.data import DATASETS, Data, load_data
 from bnsweep.measure.session import Measurements
 from bnsweep.models import build_model
 from bnsweep.norms import norm_layer
+from bnsweep.performance import applied, checks_every, layout
 from bnsweep.spec import CellConfig
-
-CHECK_EVERY = 25  # steps between divergence checks: one host sync per window, not per step
 
 
 @dataclass
@@ -40,6 +40,7 @@ class TrainResult:
     measure_rows: dict[str, list[dict]] = field(default_factory=dict)  # measurement -> rows
     measure_s: dict[str, float] = field(default_factory=dict)  # measurement -> seconds
     resumed_from: int | None = None  # the step an interrupted attempt's checkpoint resumed at
+    performance: dict = field(default_factory=dict)  # the execution choices in effect (performance.effective)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -81,17 +82,22 @@ def evaluate(model: torch.nn.Module, data: Data, step: int, batch_size: int) -> 
     model.eval()
     lf = loss_fn(data.info.task)
     rows = []
+    classification = data.info.task == "classification"
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        total, correct = 0.0, 0
+        sums, hits = [], []  # per-batch results stay on the device: one host sync per split, not two per batch
         for i in range(0, len(x), batch_size):
             out = model(x[i : i + batch_size])
             yb = y[i : i + batch_size]
-            if data.info.task == "classification":
-                total += F.cross_entropy(out, yb, reduction="sum").item()
-                correct += (out.argmax(1) == yb).sum().item()
+            if classification:
+                sums.append(F.cross_entropy(out, yb, reduction="sum"))
+                hits.append((out.argmax(1) == yb).sum())
             else:
-                total += lf(out, yb).item()
-        classification = data.info.task == "classification"
+                sums.append(lf(out, yb))
+        total, correct = 0.0, 0
+        for v in torch.stack(sums).tolist():  # summed in Python in batch order, as the floats always were
+            total += v
+        if classification:
+            correct = sum(torch.stack(hits).tolist())
         rows.append({"step": step, "split": split,
                      "loss": total / len(x) if classification else total,  # mean CE; regression: the sum, as trained
                      "accuracy": correct / len(x) if classification else None})
@@ -161,21 +167,37 @@ class TrainState:
 
 
 def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None = None,
-               checkpoint: Callable[[bytes], None] | None = None, checkpoint_every: int = 0) -> TrainResult:
+               checkpoint: Callable[[bytes], None] | None = None, checkpoint_every: int = 0,
+               dtype: torch.dtype | None = None) -> TrainResult:
     """Train one cell and return its step, evaluation and measurement records.
 
     `resume` is a `TrainState.state_dict()` an earlier attempt saved through `checkpoint` (called with
     `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run would
-    have (bit for bit on CPU).
+    have (bit for bit on CPU). `dtype` (default float32) of the model and data: float64 gives reference runs.
     """
     dev = resolve_device(device or cell.device)
+    with applied(cell.performance, dev) as perf:
+        res = _train(cell, dev, resume, checkpoint, checkpoint_every, dtype)
+    res.performance = perf
+    return res
+
+
+def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint: Callable[[bytes], None] | None,
+           checkpoint_every: int, dtype: torch.dtype | None) -> TrainResult:
     data = load_data(cell.dataset, str(dev))
+    if dtype is not None or cell.performance.channels_last:
+        data = _prepared(data, dtype, cell.performance)
     classification = data.info.task == "classification"
     t = cell.train
 
     torch.manual_seed(cell.seed)  # initialisation
     noise = _generator(cell.seed, 1, dev)
     model = build_model(cell.arch, cell.model, norm_layer(cell.norm, cell.norm_options, noise), data.info).to(dev)
+    if dtype is not None:
+        model = model.to(dtype)
+    if cell.performance.channels_last and len(data.info.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    check_every = checks_every(dev)
     order = BatchOrder(len(data.x_train), t.batch_size, _generator(cell.seed, 0, torch.device("cpu")), dev)
     st = TrainState(
         model=model, order=order,
@@ -201,6 +223,7 @@ def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None 
         x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
         if augment is not None:
             x = augment(x, st.generators["augment"])
+        x = layout(x, cell.performance)
         st.probes.before_forward(step)
         out = model(x)
         loss = lf(out, y)
@@ -215,7 +238,7 @@ def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None 
         done = st.step = step + 1
         eval_due = t.eval_every and done % t.eval_every == 0 and done < t.steps
         save_due = checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < t.steps
-        if done % CHECK_EVERY == 0 or eval_due or save_due or done == t.steps:
+        if done % check_every == 0 or eval_due or save_due or done == t.steps:
             window = st.losses[st.checked:done]
             if st.checked == 0:
                 st.limit = t.divergence_factor * abs(window[0].item())
@@ -245,6 +268,14 @@ def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None 
         "accuracy": st.accs[:n].double().cpu().tolist() if classification else [None] * n,
     }
     return res
+
+
+def _prepared(data: Data, dtype: torch.dtype | None, perf) -> Data:
+    """`data` with floating tensors in `dtype` and image inputs in the layout `perf` asks for."""
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return dataclasses.replace(data, x_train=layout(cast(data.x_train), perf), x_test=layout(cast(data.x_test), perf),
+                               y_train=cast(data.y_train), y_test=cast(data.y_test))
 
 
 def _seconds(res: TrainResult, probes: Measurements, t0: float, before: dict) -> dict[str, float]:

@@ -21,15 +21,19 @@ class Measurements:
         self.seconds: dict[str, float] = {m.name: 0.0 for m, _ in self.active}
         self.current: list[Measurement] = []
         self.rng_before: list = []
+        # CUDA runs ahead of the host: time a measurement only after the queued training work is done
+        self.sync = torch.cuda.synchronize if any(p.is_cuda for p in model.parameters()) else (lambda: None)
 
     def before_forward(self, step: int) -> None:
         self.current = [m for m, steps in self.active if step in steps]
         if not self.current:
             return
         self.rng_before = [(g, g.get_state()) for g in generators(self.model)]
+        self.sync()
         for m in self.current:
             t0 = time.perf_counter()
             m.before_forward(step)
+            self.sync()
             self.seconds[m.name] += time.perf_counter() - t0
 
     def after_backward(self, step: int, optimizer, x, y, loss_fn, loss: torch.Tensor) -> None:
@@ -41,6 +45,7 @@ class Measurements:
             for m in self.current:
                 t0 = time.perf_counter()
                 rows = m.after_backward(ctx) + m.collect()
+                self.sync()
                 self.seconds[m.name] += time.perf_counter() - t0
                 self.rows[m.name] += [{"step": step, "mode": "train", "definition": m.definition, **r} for r in rows]
         finally:

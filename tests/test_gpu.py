@@ -1,0 +1,163 @@
+"""The GPU path: VGG-16 on CUDA end to end, measurements against a CPU float64 reference, resume, shared GPUs.
+
+    python -m pytest -m gpu tests/test_gpu.py        # on a machine with CUDA; skipped everywhere else
+
+The data is CIFAR-shaped noise written in torchvision's on-disk format (tests/test_data.py), so
+nothing is downloaded. Tolerances, and why:
+- measurements: each float within RTOL = 1e-3 of the float64 value, relative to the largest magnitude
+  of that column in the cell; ICS within ICS_RTOL = 1e-2. Measured on CPU, float32 against float64 for
+  this cell at width 1/8: ICS cosine 2.2e-3, ICS l2 2e-4, landscape 1.5e-4, activations 1.3e-5, losses
+  below 1e-6. Power iteration (curvature) starts from a random vector drawn on the parameters' device,
+  so both runs here draw it from one CPU generator (`same_start`): what is compared is the device's
+  Hessian-vector products, the only device-dependent part;
+- resume: bit for bit with `performance: {deterministic: true}`; within RESUME_RTOL = 1e-3 with the
+  default cuDNN autotuning, whose algorithms may sum in a different order after a restart.
+"""
+
+import math
+
+import pytest
+import torch
+
+from bnsweep.cell import run_cell
+from bnsweep.records import Store
+from bnsweep.spec import CellConfig
+from bnsweep.train import TrainState, train_cell
+from conftest import tiny_spec, write_spec
+from test_data import write_fake_cifar10
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+RTOL, ICS_RTOL, RESUME_RTOL = 1e-3, 1e-2, 1e-3
+EVERY_MEASUREMENT = {"ics": {"steps": [0, 1, 2], "layers": [2, 7, 13]},
+                     "landscape": {"steps": [0, 1, 2], "eta": {"from": 0.5, "to": 4, "points": 4}},
+                     "activations": {"steps": [0, 1, 2], "layers": [2, 9, 13]},
+                     "curvature": {"steps": [0, 2], "iterations": 20}}
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_fake_cifar10(root, per_batch=64)  # 320 training and 64 test images
+    return str(root)
+
+
+def vgg16(root: str, steps: int, measure: dict | None = None, lr: float = 0.05, **perf) -> CellConfig:
+    """A full-width VGG-16 cell with BatchNorm (noise-free, so CPU and CUDA draw nothing different)."""
+    return CellConfig.model_validate({
+        "sweep": "gpu", "arch": "vgg16", "norm": "batch", "lr": lr, "seed": 0,
+        "dataset": {"name": "cifar10", "root": root}, "model": {}, "norm_options": {},
+        "train": {"steps": steps, "batch_size": 32, "eval_every": 10}, "device": "cuda",
+        "resources": {"gpu": 1}, "measure": measure or {}, "performance": perf, "checkpoint_every": 8})
+
+
+def assert_rows_close(name: str, ref: list[dict], got: list[dict], rtol: float) -> None:
+    """Every row of `got` against `ref`: ints equal, floats within rtol of the column's largest magnitude."""
+    assert len(ref) == len(got), name
+    scale = {k: max((abs(r[k]) for r in ref if isinstance(r[k], float) and math.isfinite(r[k])), default=1.0)
+             for k in ref[0]}
+    for a, b in zip(ref, got):
+        for k, v in a.items():
+            if name == "curvature" and k in ("iterations", "rel_change"):
+                continue  # the stopping diagnostics: a threshold on rel_change may stop one iteration apart
+            if isinstance(v, float):
+                assert abs(v - b[k]) <= rtol * max(scale[k], 1e-12), (name, k, a["step"], v, b[k])
+            else:
+                assert v == b[k], (name, k)
+
+
+@pytest.fixture
+def same_start(monkeypatch):
+    """Power iteration from one CPU float64 start vector on every device; the products stay on the device."""
+    from bnsweep.measure import curvature
+
+    shipped = curvature.power_iteration
+
+    def power_iteration(hvp, shapes, iterations, tol, generator):
+        where = [(s.device, s.dtype) for s in shapes]
+
+        def hvp64(v):
+            return [h.to("cpu", torch.float64) for h in hvp([t.to(d, dt) for t, (d, dt) in zip(v, where)])]
+
+        cpu = [torch.zeros(s.shape, dtype=torch.float64) for s in shapes]
+        return shipped(hvp64, cpu, iterations, tol, torch.Generator().manual_seed(generator.initial_seed()))
+
+    monkeypatch.setattr(curvature, "power_iteration", power_iteration)
+
+
+def test_vgg16_cell_end_to_end_on_cuda_with_every_measurement(cifar_root, tmp_path):
+    c = vgg16(cifar_root, steps=24, measure={**EVERY_MEASUREMENT, "curvature": {"steps": [0, 23], "iterations": 10}})
+    store = Store(str(tmp_path / "out"))
+    assert run_cell(c, store)["status"] == "done"
+    row = store.read("cells", "gpu").to_pylist()[0]
+    assert row["device"].startswith("cuda") and row["steps_done"] == 24 and row["cuda_version"]
+    assert (row["precision"], row["tf32"], row["cudnn_benchmark"], row["check_every"]) == ("highest", False, True, 200)
+    for name in EVERY_MEASUREMENT:
+        assert store.read(name, "gpu").num_rows > 0 and row[f"{name}_s"] > 0, name
+    steps = store.read("steps", "gpu")
+    assert steps.column("step").to_pylist() == list(range(24))
+    assert all(math.isfinite(v) for v in steps.column("loss").to_pylist())
+    assert sorted(set(store.read("evals", "gpu").column("step").to_pylist())) == [0, 10, 20, 24]
+
+
+@pytest.mark.slow  # the float64 reference runs full-width VGG-16 on the CPU
+def test_each_measurement_on_cuda_matches_the_cpu_float64_reference(cifar_root, same_start):
+    # lr 0.01: on random labels, lr 0.05 already amplifies float32 rounding to 2.5e-3 by step 2 (seen on CPU)
+    c = vgg16(cifar_root, steps=3, measure=EVERY_MEASUREMENT, lr=0.01, deterministic=True)
+    ref = train_cell(c, device="cpu", dtype=torch.float64)
+    got = train_cell(c, device="cuda")
+    assert got.device.startswith("cuda") and ref.device == "cpu"
+    assert_rows_close("steps", [{"step": s, "loss": v} for s, v in zip(ref.steps["step"], ref.steps["loss"])],
+                      [{"step": s, "loss": v} for s, v in zip(got.steps["step"], got.steps["loss"])], RTOL)
+    assert ref.measure_rows.keys() == got.measure_rows.keys() == EVERY_MEASUREMENT.keys()
+    for name, rows in ref.measure_rows.items():
+        assert_rows_close(name, rows, got.measure_rows[name], ICS_RTOL if name == "ics" else RTOL)
+
+
+def _resumed(c: CellConfig, at: int):
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def save(blob: bytes):
+        saved["state"] = state = TrainState.read(blob)
+        if state["step"] == at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_cell(c, checkpoint=save, checkpoint_every=c.checkpoint_every)
+    return train_cell(c, resume=saved["state"])
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_resume_on_cuda(cifar_root, deterministic):
+    c = vgg16(cifar_root, steps=32, measure={"ics": {"every": 8, "layers": [3]}}, deterministic=deterministic)
+    whole, resumed = train_cell(c), _resumed(c, at=16)
+    assert resumed.resumed_from == 16
+    if deterministic:
+        assert (resumed.steps, resumed.evals, resumed.measure_rows) == (whole.steps, whole.evals, whole.measure_rows)
+        return
+    assert resumed.steps["step"] == whole.steps["step"]
+    assert_rows_close("steps", [{"loss": v} for v in whole.steps["loss"]], [{"loss": v} for v in resumed.steps["loss"]],
+                      RESUME_RTOL)
+    assert_rows_close("evals", [{"loss": e["loss"]} for e in whole.evals], [{"loss": e["loss"]} for e in resumed.evals],
+                      RESUME_RTOL)  # accuracy is a count: one flipped argmax would be 1/320
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_cells_share_one_gpu_through_bnsweep_run(tmp_path):
+    from bnsweep.cli import main
+
+    grid = {"arch": ["vgg_mini"], "norm": ["batch"], "lr": [0.1], "seed": [0, 1],
+            "overrides": {"dataset": {"name": "digits"},
+                          "train": {"steps": 3000, "batch_size": 32, "eval_every": 1000}}}
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid], name="shared", device="auto",
+                                                     resources={"cpu": 1, "gpu": 0.5}))
+    assert main(["run", str(spec)]) == 0
+    cells = Store(str(tmp_path / "out")).read("cells", "shared").to_pydict()
+    assert cells["status"] == ["done", "done"]
+    assert all(d.startswith("cuda") for d in cells["device"])
+    (s0, s1), (f0, f1) = cells["started_at"], cells["finished_at"]
+    assert s0 < f1 and s1 < f0, "the two cells ran one after the other, not side by side on the GPU"
