@@ -137,28 +137,38 @@ def lr_robustness(df: pl.DataFrame) -> alt.HConcatChart:
                    axis=alt.Axis(values=sorted(set(d["lr"])), labelExpr=LR_LABEL))  # a tick per lr tried
         base = alt.Chart(values(d)).encode(x=lr, color=NORM)
         band = base.mark_area(opacity=0.2).encode(y=alt.Y("value_lo:Q", title=f"final {d['metric'][0]}", scale=scale), y2="value_hi:Q")
-        line = base.mark_line(point=True).encode(y=alt.Y("value:Q", scale=scale), tooltip=tips("norm", "lr", "value", "value_lo", "value_hi", "value_n", "diverged", "seeds"))
+        line = base.mark_line(point=True).encode(
+            y=alt.Y("value:Q", scale=scale), tooltip=tips("norm", "lr", "value", "value_lo", "value_hi", "value_n", "diverged", "seeds")
+        )
         cross = base.mark_point(shape="cross", size=140, filled=True).encode(y="marker:Q", tooltip=tips("norm", "lr", "diverged", "seeds"))
         return alt.layer(band, line, cross).properties(title=arch, width=2 * W, height=H + 40)
+
     return alt.hconcat(*(one(a) for a in sorted(set(df["arch"]))))
 
 
 def curvature(df: pl.DataFrame) -> alt.HConcatChart:
     """lambda_max (top Hessian eigenvalue) beside beta_eff vs step, one line per norm, log scale, with 2/lr."""
+
     def one(quantity: str) -> alt.FacetChart:
         chart = alt.layer(line_band(STEP, "mean", quantity, scale=LOG), eos_rule()).properties(width=W, height=H)
-        return (alt.layer(chart, data=values(df.filter(quantity=quantity))).facet(row=alt.Row("panel:N", title=None, sort=panels(df)))
-                .resolve_scale(y="independent"))
+        return (
+            alt.layer(chart, data=values(df.filter(quantity=quantity)))
+            .facet(row=alt.Row("panel:N", title=None, sort=panels(df)))
+            .resolve_scale(y="independent")
+        )
+
     shown = [q for q in ("lambda_max", "beta_eff") if q in set(df["quantity"])]
     return alt.hconcat(*(one(q) for q in shown))
 
 
 def ics(df: pl.DataFrame) -> alt.VConcatChart:
     """Fig. 3: ICS l2 (log scale, geometric mean over seeds) above ICS cosine, one panel per (arch, lr, layer)."""
+
     def one(quantity: str, scale) -> alt.FacetChart:
         d = df.filter(quantity=quantity)
         chart = line_band(STEP, "mean", f"ICS {quantity}", scale=scale).properties(width=W, height=H)
         return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(y="independent")
+
     return alt.vconcat(*(one(q, s) for q, s in (("l2", LOG), ("cosine", alt.Undefined)) if q in set(df["quantity"])))
 
 
@@ -175,30 +185,72 @@ class Figure:
 DIST = "shaded: the unit's 5-95 % and 25-75 % quantiles over the batch (means over seeds); black: its median, mean and range over seeds"
 NB, NBN, LP = ("none", "batch"), ("none", "batch", "noisy_batch"), ("none", "batch", "l1", "l2", "linf")
 FIGURES: dict[str, Figure] = {
-    "lr_robustness": Figure("Learning-rate robustness: final metric vs learning rate", ("cells", "evals"), curves.lr_points, lr_robustness,
-                            caption="lines: mean over the seeds that did not diverge; bands: 95 % bootstrap CI; "
-                                    "crosses: learning rates where seeds diverged (at the worst value when all did)"),
+    "lr_robustness": Figure(
+        "Learning-rate robustness: final metric vs learning rate",
+        ("cells", "evals"),
+        curves.lr_points,
+        lr_robustness,
+        caption="lines: mean over the seeds that did not diverge; bands: 95 % bootstrap CI; "
+        "crosses: learning rates where seeds diverged (at the worst value when all did)",
+    ),
     "training_loss": Figure("Training loss vs step", ("cells", "steps"), curves.training_loss, training_loss),
     "fig1_accuracy": Figure("Fig. 1: accuracy vs step, none vs batch", ("cells", "evals"), partial(curves.accuracy, norms=NB), accuracy),
-    "fig1_activations": Figure("Fig. 1c: activation distributions, none vs batch", ("cells", "activations"),
-                               partial(curves.activations, norms=NB), distributions, caption=DIST),
-    "fig2_accuracy": Figure("Fig. 2: noisy BatchNorm, accuracy vs step", ("cells", "evals"), partial(curves.accuracy, norms=NBN), accuracy,
-                            ("noisy_batch",)),
-    "fig2_activations": Figure("Fig. 2: noisy BatchNorm, activation distributions", ("cells", "activations"),
-                               partial(curves.activations, norms=NBN[1:]), distributions, ("noisy_batch",), DIST),
-    "fig8_moments": Figure("Fig. 8: drift of one unit's mean and variance", ("cells", "activations"), curves.moment_drift,
-                           partial(by_quantity, title="|change|")),
-    "fig3_ics": Figure("Fig. 3: internal covariate shift (l2 and cosine) vs step", ("cells", "ics"), curves.ics, ics,
-                       caption="lines: geometric mean over seeds (l2, log scale), mean (cosine); bands: range over seeds"),
-    "fig4_landscape": Figure("Figs. 4, 10: loss landscape, gradient predictiveness, beta_eff", ("cells", "landscape"),
-                             curves.landscape, landscape,
-                             caption="loss and gradient-change bands: min to max over eta (geometric means over seeds); "
-                                     f"beta_eff: geometric mean, range over seeds; {EOS_NOTE}"),
-    "fig5_lp": Figure("Fig. 5: l_p normalisation, training loss vs step", ("cells", "steps"), partial(curves.training_loss, norms=LP),
-                      training_loss, LP[2:]),
-    "fig11_grad_eta": Figure("Fig. 11: gradient change vs eta, one line per probed step", ("cells", "landscape"), curves.grad_vs_eta, grad_vs_eta),
-    "curvature": Figure("lambda_max beside beta_eff", ("cells", "curvature"), curves.curvature, curvature,
-                        caption=f"lines: geometric mean over seeds; bands: range over seeds; {EOS_NOTE}"),
+    "fig1_activations": Figure(
+        "Fig. 1c: activation distributions, none vs batch",
+        ("cells", "activations"),
+        partial(curves.activations, norms=NB),
+        distributions,
+        caption=DIST,
+    ),
+    "fig2_accuracy": Figure(
+        "Fig. 2: noisy BatchNorm, accuracy vs step", ("cells", "evals"), partial(curves.accuracy, norms=NBN), accuracy, ("noisy_batch",)
+    ),
+    "fig2_activations": Figure(
+        "Fig. 2: noisy BatchNorm, activation distributions",
+        ("cells", "activations"),
+        partial(curves.activations, norms=NBN[1:]),
+        distributions,
+        ("noisy_batch",),
+        DIST,
+    ),
+    "fig8_moments": Figure(
+        "Fig. 8: drift of one unit's mean and variance",
+        ("cells", "activations"),
+        curves.moment_drift,
+        partial(by_quantity, title="|change|"),
+    ),
+    "fig3_ics": Figure(
+        "Fig. 3: internal covariate shift (l2 and cosine) vs step",
+        ("cells", "ics"),
+        curves.ics,
+        ics,
+        caption="lines: geometric mean over seeds (l2, log scale), mean (cosine); bands: range over seeds",
+    ),
+    "fig4_landscape": Figure(
+        "Figs. 4, 10: loss landscape, gradient predictiveness, beta_eff",
+        ("cells", "landscape"),
+        curves.landscape,
+        landscape,
+        caption="loss and gradient-change bands: min to max over eta (geometric means over seeds); "
+        f"beta_eff: geometric mean, range over seeds; {EOS_NOTE}",
+    ),
+    "fig5_lp": Figure(
+        "Fig. 5: l_p normalisation, training loss vs step",
+        ("cells", "steps"),
+        partial(curves.training_loss, norms=LP),
+        training_loss,
+        LP[2:],
+    ),
+    "fig11_grad_eta": Figure(
+        "Fig. 11: gradient change vs eta, one line per probed step", ("cells", "landscape"), curves.grad_vs_eta, grad_vs_eta
+    ),
+    "curvature": Figure(
+        "lambda_max beside beta_eff",
+        ("cells", "curvature"),
+        curves.curvature,
+        curvature,
+        caption=f"lines: geometric mean over seeds; bands: range over seeds; {EOS_NOTE}",
+    ),
 }
 
 

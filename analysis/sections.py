@@ -71,28 +71,50 @@ def method_section(s: Settings) -> str:
 
 
 def range_section(ranges: pl.DataFrame) -> str:
-    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), SETTING, ("metric", lambda r: r["metric"]),
-            ("best lr", lambda r: f"{r['best_lr']:g}" if r["best_lr"] else "-"),
-            ("best value", lambda r: fmt_ci(r["best_value"], r["best_value_lo"], r["best_value_hi"], r["best_value_n"])),
-            ("robust range", lambda r: f"{r['lr_min']:g} .. {r['lr_max']:g}" if r["lr_min"] else "-"),
-            ("width (decades)", lambda r: fmt(r["width_decades"])), ("lrs in range / tried", lambda r: f"{r['lrs_in_range'] or 0} / {r['lrs_tried']}"),
-            ("fewest seeds in range", lambda r: r["min_seeds_in_range"]), ("at grid edge", yes("at_edge")), ("contiguous", yes("contiguous"))]
-    return ("<h2 id='robust-range'>Robust learning-rate range</h2>"
-            "<p>The learning rates, among those where no seed diverged, whose mean final metric is within the tolerance of "
-            "the best; width = log10(max/min). At a grid edge the true range may be wider.</p>" + table(ranges.to_dicts(), cols))
+    cols = [
+        ("arch", lambda r: r["arch"]),
+        ("norm", lambda r: r["norm"]),
+        SETTING,
+        ("metric", lambda r: r["metric"]),
+        ("best lr", lambda r: f"{r['best_lr']:g}" if r["best_lr"] else "-"),
+        ("best value", lambda r: fmt_ci(r["best_value"], r["best_value_lo"], r["best_value_hi"], r["best_value_n"])),
+        ("robust range", lambda r: f"{r['lr_min']:g} .. {r['lr_max']:g}" if r["lr_min"] else "-"),
+        ("width (decades)", lambda r: fmt(r["width_decades"])),
+        ("lrs in range / tried", lambda r: f"{r['lrs_in_range'] or 0} / {r['lrs_tried']}"),
+        ("fewest seeds in range", lambda r: r["min_seeds_in_range"]),
+        ("at grid edge", yes("at_edge")),
+        ("contiguous", yes("contiguous")),
+    ]
+    return (
+        "<h2 id='robust-range'>Robust learning-rate range</h2>"
+        "<p>The learning rates, among those where no seed diverged, whose mean final metric is within the tolerance of "
+        "the best; width = log10(max/min). At a grid edge the true range may be wider.</p>" + table(ranges.to_dicts(), cols)
+    )
 
 
 def robustness_section(rob: pl.DataFrame, s: Settings) -> str:
     targets = rob.group_by("arch").agg(pl.col("target").first(), pl.col("metric").first()).sort("arch")
     text = "; ".join(f"{a}: {m.replace('_', ' ')} {'≥' if m.endswith('accuracy') else '≤'} {fmt(t)}" for a, t, m in targets.iter_rows())
-    cols = [("arch", lambda r: r["arch"]), ("norm", lambda r: r["norm"]), ("lr", lambda r: f"{r['lr']:g}"), SETTING,
-            ("seeds", lambda r: r["seeds"]), ("failed", lambda r: r["failed"]), ("divergence rate", ci_of("divergence_rate")),
-            ("final train loss", ci_of("train_loss")), ("final train acc", ci_of("train_accuracy")), ("final test acc", ci_of("test_accuracy")),
-            ("steps to target (n = seeds reaching it)", ci_of("steps_to_target")), ("in range", yes("in_range")), ("best", yes("best"))]
-    return ("<h2 id='lr-robustness'>Learning-rate robustness</h2>"
-            f"<p>Final metrics of the seeds that did not diverge (last evaluation, eval mode). Target: {esc(text)} "
-            f"({s.target_fraction:.0%} of the arch's best final value), first evaluation that reaches it.</p>"
-            + table(rob.to_dicts(), cols))
+    cols = [
+        ("arch", lambda r: r["arch"]),
+        ("norm", lambda r: r["norm"]),
+        ("lr", lambda r: f"{r['lr']:g}"),
+        SETTING,
+        ("seeds", lambda r: r["seeds"]),
+        ("failed", lambda r: r["failed"]),
+        ("divergence rate", ci_of("divergence_rate")),
+        ("final train loss", ci_of("train_loss")),
+        ("final train acc", ci_of("train_accuracy")),
+        ("final test acc", ci_of("test_accuracy")),
+        ("steps to target (n = seeds reaching it)", ci_of("steps_to_target")),
+        ("in range", yes("in_range")),
+        ("best", yes("best")),
+    ]
+    return (
+        "<h2 id='lr-robustness'>Learning-rate robustness</h2>"
+        f"<p>Final metrics of the seeds that did not diverge (last evaluation, eval mode). Target: {esc(text)} "
+        f"({s.target_fraction:.0%} of the arch's best final value), first evaluation that reaches it.</p>" + table(rob.to_dicts(), cols)
+    )
 
 
 def smoothness_section(smooth: pl.DataFrame, s: Settings) -> str:
@@ -101,27 +123,39 @@ def smoothness_section(smooth: pl.DataFrame, s: Settings) -> str:
         return head + "<p class='note'>Not measured in this output: add a <code>measure:</code> block with landscape, ics or curvature.</p>"
     text = pl.struct("estimate", "lo", "hi", "seeds").map_elements(lambda r: fmt_ci(*r.values()), return_dtype=pl.String)
     keys = ["arch", "norm", "lr", "setting", "quantity", "layer", "window"]
-    wide = (smooth.with_columns(text=text)
-            .pivot("statistic", index=keys, values="text")
-            .sort("arch", "quantity", "layer", "lr", "setting", "window", "norm", nulls_last=True))
-    cols = [("arch", lambda r: r["arch"]), ("quantity", lambda r: r["quantity"]),
-            ("layer", lambda r: r["layer"] if r["layer"] is not None else "-"), ("lr", lambda r: f"{r['lr']:g}"), SETTING,
-            ("norm", lambda r: r["norm"]), ("window", lambda r: r["window"]),
-            ("median over probed steps", lambda r: r.get("median") or "-"),
-            (f"upper ({s.upper_quantile:g} quantile)", lambda r: r.get("upper") or "-"),
-            ("share above 2/lr", lambda r: r.get("above_eos") or "-")]
-    return (head + f"<p>Per cell, statistics over its probed steps, {esc('early')} (first {s.early_fraction:.0%} of steps) "
-            "and overall; then the geometric mean over seeds for log-scale quantities (the mean for ICS cosine and "
-            "shares) [95 % CI] (n seeds); see <a href='#method'>method</a>. gradient predictiveness = max over eta of "
-            "||grad(w) - grad(w - eta g)||; loss band = max / min loss over eta; ICS per layer; lambda_max = top "
-            "Hessian eigenvalue.</p>" + table(wide.to_dicts(), cols))
+    wide = (
+        smooth.with_columns(text=text)
+        .pivot("statistic", index=keys, values="text")
+        .sort("arch", "quantity", "layer", "lr", "setting", "window", "norm", nulls_last=True)
+    )
+    cols = [
+        ("arch", lambda r: r["arch"]),
+        ("quantity", lambda r: r["quantity"]),
+        ("layer", lambda r: r["layer"] if r["layer"] is not None else "-"),
+        ("lr", lambda r: f"{r['lr']:g}"),
+        SETTING,
+        ("norm", lambda r: r["norm"]),
+        ("window", lambda r: r["window"]),
+        ("median over probed steps", lambda r: r.get("median") or "-"),
+        (f"upper ({s.upper_quantile:g} quantile)", lambda r: r.get("upper") or "-"),
+        ("share above 2/lr", lambda r: r.get("above_eos") or "-"),
+    ]
+    return (
+        head + f"<p>Per cell, statistics over its probed steps, {esc('early')} (first {s.early_fraction:.0%} of steps) "
+        "and overall; then the geometric mean over seeds for log-scale quantities (the mean for ICS cosine and "
+        "shares) [95 % CI] (n seeds); see <a href='#method'>method</a>. gradient predictiveness = max over eta of "
+        "||grad(w) - grad(w - eta g)||; loss band = max / min loss over eta; ICS per layer; lambda_max = top "
+        "Hessian eigenvalue.</p>" + table(wide.to_dicts(), cols)
+    )
 
 
 def figure_block(name: str, fig: Figure, df: pl.DataFrame) -> str:
     seeds = df["seeds"] if "seeds" in df.columns else df["value_n"]
     lo, hi = seeds.min(), seeds.max()
     n = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    return (f"<div class='figure'><h3 id='{name}'>{esc(fig.title)}</h3><div id='vis-{name}' class='chart'></div>"
-            f"<p class='note'>{esc(n)} seeds per point (see the tooltip); {esc(fig.caption)}. "
-            f"<a href='figures/{name}.svg'>SVG</a> · <a href='figures/{name}.png'>PNG</a> · "
-            f"<a href='figures/{name}.vl.json'>Vega-Lite</a></p></div>")
+    return (
+        f"<div class='figure'><h3 id='{name}'>{esc(fig.title)}</h3><div id='vis-{name}' class='chart'></div>"
+        f"<p class='note'>{esc(n)} seeds per point (see the tooltip); {esc(fig.caption)}. "
+        f"<a href='figures/{name}.svg'>SVG</a> · <a href='figures/{name}.png'>PNG</a> · "
+        f"<a href='figures/{name}.vl.json'>Vega-Lite</a></p></div>"
+    )

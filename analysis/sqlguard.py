@@ -107,9 +107,7 @@ def check(query: str, tables: list[str] | tuple[str, ...]) -> None:
     for i, t in enumerate(toks):
         nxt = toks[i + 1] if i + 1 < len(toks) else None
         if _name(t) and nxt is not None and nxt.text == "(" and re.match(r"(read|scan)_", t.text):
-            raise UserError(
-                f"query refused: {t.text}() reads files; a query reads only the tables: {', '.join(tables)}"
-            )
+            raise UserError(f"query refused: {t.text}() reads files; a query reads only the tables: {', '.join(tables)}")
     _check_relations(toks, tables)
 
 

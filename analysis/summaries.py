@@ -36,8 +36,11 @@ def final_evals(evals: pl.LazyFrame) -> pl.LazyFrame:
         .select("cell_id", "split", "loss", "accuracy")
     )
     return (
-        last.filter(pl.col("split") == "train").select("cell_id", train_loss="loss", train_accuracy="accuracy")
-        .join(last.filter(pl.col("split") == "test").select("cell_id", test_loss="loss", test_accuracy="accuracy"), on="cell_id", how="left")
+        last.filter(pl.col("split") == "train")
+        .select("cell_id", train_loss="loss", train_accuracy="accuracy")
+        .join(
+            last.filter(pl.col("split") == "test").select("cell_id", test_loss="loss", test_accuracy="accuracy"), on="cell_id", how="left"
+        )
     )
 
 
@@ -84,17 +87,16 @@ def cell_results(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings = 
     )
     f = settings.target_fraction
     targets = per.group_by("arch", "setting").agg(
-        target=pl.when(pl.col("classification").first())
-        .then(pl.col("train_accuracy").max() * f)
-        .otherwise(pl.col("train_loss").min() / f)
+        target=pl.when(pl.col("classification").first()).then(pl.col("train_accuracy").max() * f).otherwise(pl.col("train_loss").min() / f)
     )
     reached = (
-        evals
-        .filter(pl.col("split") == "train")
+        evals.filter(pl.col("split") == "train")
         .join(per.filter(pl.col("status") == DONE).select("cell_id", "classification"), on="cell_id")
         .join(per.select("cell_id", "setting"), on="cell_id")
         .join(targets, on=["arch", "setting"])
-        .filter(pl.when(pl.col("classification")).then(pl.col("accuracy") >= pl.col("target")).otherwise(pl.col("loss") <= pl.col("target")))
+        .filter(
+            pl.when(pl.col("classification")).then(pl.col("accuracy") >= pl.col("target")).otherwise(pl.col("loss") <= pl.col("target"))
+        )
         .group_by("cell_id")
         .agg(steps_to_target=pl.col("step").min().cast(pl.Float64))
     )
@@ -103,13 +105,20 @@ def cell_results(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings = 
 
 def final_metrics(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings = DEFAULT) -> pl.DataFrame:
     """Per group: seeds, diverged and failed counts; mean, sd and n of the final metrics of seeds that did not diverge."""
-    counts = label(cells).group_by(GROUP).agg(
-        seeds=pl.col("seed").n_unique(),
-        diverged=(pl.col("status") == DIVERGED).sum(),
-        failed=(pl.col("status") == FAILED).sum(),
+    counts = (
+        label(cells)
+        .group_by(GROUP)
+        .agg(
+            seeds=pl.col("seed").n_unique(),
+            diverged=(pl.col("status") == DIVERGED).sum(),
+            failed=(pl.col("status") == FAILED).sum(),
+        )
     )
-    spread = cell_results(cells, evals, settings).group_by(GROUP).agg(
-        *(e for c in ("train_loss", "train_accuracy", "test_accuracy") for e in mean_sd_n(c)))
+    spread = (
+        cell_results(cells, evals, settings)
+        .group_by(GROUP)
+        .agg(*(e for c in ("train_loss", "train_accuracy", "test_accuracy") for e in mean_sd_n(c)))
+    )
     return counts.join(spread, on=GROUP, how="left").sort(GROUP).collect()
 
 
@@ -128,8 +137,12 @@ def lr_robustness(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings =
         cell_results(cells, evals, settings)
         .rename({"diverged": "divergence_rate"})  # its mean over seeds
         .group_by(GROUP)
-        .agg(pl.len().alias("seeds"), pl.col("classification").first(), pl.col("target").first(),
-             *(seed_ci(c, "mean", settings) for c in stats))
+        .agg(
+            pl.len().alias("seeds"),
+            pl.col("classification").first(),
+            pl.col("target").first(),
+            *(seed_ci(c, "mean", settings) for c in stats),
+        )
         .pipe(flatten, *stats)
         .join(failed, on=GROUP, how="left")
         .with_columns(
@@ -138,8 +151,7 @@ def lr_robustness(cells: pl.LazyFrame, evals: pl.LazyFrame, settings: Settings =
             best=eligible & (better(pl.col("value")) == best_value),
             in_range=eligible & within(pl.col("value"), better(best_value), settings),  # better() is its own inverse
         )
-        .with_columns(best=pl.col("best")
-                      & (pl.col("lr") == pl.col("lr").filter(pl.col("best")).min().over("arch", "norm", "setting")))
+        .with_columns(best=pl.col("best") & (pl.col("lr") == pl.col("lr").filter(pl.col("best")).min().over("arch", "norm", "setting")))
         .sort(GROUP)
         .collect()
     )
@@ -155,16 +167,23 @@ def robust_range(robustness: pl.DataFrame) -> pl.DataFrame:
     keys = ["arch", "norm", "setting"]
     tried = robustness.lazy().filter(pl.col("seeds") > 0)
     inside = tried.filter(pl.col("in_range"))
-    best = tried.filter(pl.col("best")).select(*keys, "metric", best_lr="lr", best_value="value", best_value_lo="value_lo",
-                                                 best_value_hi="value_hi", best_value_n="value_n")
-    span = inside.group_by(keys).agg(lr_min=pl.col("lr").min(), lr_max=pl.col("lr").max(), lrs_in_range=pl.len(),
-                                     min_seeds_in_range=pl.col("value_n").min())
+    best = tried.filter(pl.col("best")).select(
+        *keys, "metric", best_lr="lr", best_value="value", best_value_lo="value_lo", best_value_hi="value_hi", best_value_n="value_n"
+    )
+    span = inside.group_by(keys).agg(
+        lr_min=pl.col("lr").min(), lr_max=pl.col("lr").max(), lrs_in_range=pl.len(), min_seeds_in_range=pl.col("value_n").min()
+    )
     grid = tried.group_by(keys).agg(lrs_tried=pl.len(), grid_min=pl.col("lr").min(), grid_max=pl.col("lr").max())
-    between = (tried.join(span, on=keys)
-               .filter(pl.col("lr").is_between(pl.col("lr_min"), pl.col("lr_max")))
-               .group_by(keys).agg(lrs_between=pl.len()))
+    between = (
+        tried.join(span, on=keys)
+        .filter(pl.col("lr").is_between(pl.col("lr_min"), pl.col("lr_max")))
+        .group_by(keys)
+        .agg(lrs_between=pl.len())
+    )
     return (
-        grid.join(best, on=keys, how="left").join(span, on=keys, how="left").join(between, on=keys, how="left")
+        grid.join(best, on=keys, how="left")
+        .join(span, on=keys, how="left")
+        .join(between, on=keys, how="left")
         .with_columns(
             width_decades=(pl.col("lr_max") / pl.col("lr_min")).log10(),
             at_edge=(pl.col("lr_min") == pl.col("grid_min")) | (pl.col("lr_max") == pl.col("grid_max")),

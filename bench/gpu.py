@@ -202,10 +202,10 @@ def main() -> None:
             fake_cifar10(Path(tmp), n=10000)
         for name, cell in workloads(args.device, steps, tmp).items():
             w = result["workloads"][name] = {}
-            parts = (("concurrent", lambda: concurrent(cell, ks, args.warm)),
-                     ("packs", lambda: packs(cell, ks, args.warm)),
-                     ("choices", lambda: choices(cell, args.device, args.warm)),
-                     ("measurement", lambda: measurement_cost(cell, args.warm)))
+            parts = (("concurrent", lambda cell=cell: concurrent(cell, ks, args.warm)),
+                     ("packs", lambda cell=cell: packs(cell, ks, args.warm)),
+                     ("choices", lambda cell=cell: choices(cell, args.device, args.warm)),
+                     ("measurement", lambda cell=cell: measurement_cost(cell, args.warm)))
             for part, fn in parts:
                 if part not in skip:
                     w[part] = fn()

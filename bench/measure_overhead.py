@@ -46,10 +46,22 @@ def cells(steps: int, device: str, data_root: str) -> dict[str, tuple[CellConfig
            "model": {"width": 1.0 if device == "cuda" else 0.125, "head": "linear", "mlp_hidden": 512}, "norm_options": {},
            "device": device, "resources": {}, "train": {**train, "batch_size": 128}}
     return {
-        "dln": (CellConfig.model_validate(dln), {"ics": {"every": 100, "layers": [9, 17]}, "activations": {"every": 100, "layers": [1, 11, 24]},
-                                                 "landscape": {"every": 100, "eta": {"from": 0.01, "to": 30, "points": 8}}}),
-        "vgg16": (CellConfig.model_validate(vgg), {"ics": {"every": 100, "layers": [5, 10]}, "activations": {"every": 100, "layers": [2, 9, 13]},
-                                                   "landscape": {"every": 100, "eta": {"from": 0.5, "to": 4, "points": 8}}}),
+        "dln": (
+            CellConfig.model_validate(dln),
+            {
+                "ics": {"every": 100, "layers": [9, 17]},
+                "activations": {"every": 100, "layers": [1, 11, 24]},
+                "landscape": {"every": 100, "eta": {"from": 0.01, "to": 30, "points": 8}},
+            },
+        ),
+        "vgg16": (
+            CellConfig.model_validate(vgg),
+            {
+                "ics": {"every": 100, "layers": [5, 10]},
+                "activations": {"every": 100, "layers": [2, 9, 13]},
+                "landscape": {"every": 100, "eta": {"from": 0.5, "to": 4, "points": 8}},
+            },
+        ),
     }
 
 
@@ -82,7 +94,9 @@ def main() -> None:
             m_off, m_on = statistics.median(t_off), statistics.median(t_on)
             cost = {k: statistics.median(s[k] for s in shares) for k in shares[0]}
             results["cells"][name] = {
-                "off_s": round(m_off, 3), "on_s": round(m_on, 3), "ratio": round(m_on / m_off, 3),
+                "off_s": round(m_off, 3),
+                "on_s": round(m_on, 3),
+                "ratio": round(m_on / m_off, 3),
                 "measure_s": {k: round(v, 3) for k, v in cost.items()},
                 "share_of_extra": {k: round(v / max(sum(cost.values()), 1e-12), 3) for k, v in cost.items()},
             }

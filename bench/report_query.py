@@ -52,15 +52,33 @@ def synthesise(output: str, rows: int, seed: int = 0) -> None:
                     step = np.arange(n)
                     loss = 2.3 * np.exp(-step / (n / 4)) + 0.05 * rng.random(n)
                     acc = None if arch == "dln" else list(1 - loss / 2.5)
-                    store.write("steps", c, table("steps", c, {"step": step.tolist(), "loss": loss.tolist(), "accuracy": acc or [None] * n}))
+                    store.write(
+                        "steps", c, table("steps", c, {"step": step.tolist(), "loss": loss.tolist(), "accuracy": acc or [None] * n})
+                    )
                     ev = np.arange(0, n + 1, max(n // 10, 1))
                     e_loss = np.repeat(2.3 * np.exp(-ev / (n / 4)), 2)
-                    store.write("evals", c, table("evals", c, {"step": np.repeat(ev, 2).tolist(), "split": ["train", "test"] * len(ev),
-                                                               "loss": e_loss.tolist(),
-                                                               "accuracy": [None] * len(e_loss) if arch == "dln" else (1 - e_loss / 2.5).tolist()}))
+                    store.write(
+                        "evals",
+                        c,
+                        table(
+                            "evals",
+                            c,
+                            {
+                                "step": np.repeat(ev, 2).tolist(),
+                                "split": ["train", "test"] * len(ev),
+                                "loss": e_loss.tolist(),
+                                "accuracy": [None] * len(e_loss) if arch == "dln" else (1 - e_loss / 2.5).tolist(),
+                            },
+                        ),
+                    )
                     _measurements(store, c, probes, rng)
-                    store.write("cells", c, table("cells", c, {"status": ["done"], "steps": [n], "steps_done": [n], "wall_s": [60.0],
-                                                               "dataset": ["synthetic"]}))
+                    store.write(
+                        "cells",
+                        c,
+                        table(
+                            "cells", c, {"status": ["done"], "steps": [n], "steps_done": [n], "wall_s": [60.0], "dataset": ["synthetic"]}
+                        ),
+                    )
 
 
 def _measurements(store: Store, c, probes: np.ndarray, rng) -> None:
@@ -68,13 +86,40 @@ def _measurements(store: Store, c, probes: np.ndarray, rng) -> None:
     st, et = np.repeat(probes, 8), np.tile(eta, len(probes))
     diff = rng.random(len(st)) * et * 10
     beta = np.repeat((diff / et).reshape(-1, 8).max(axis=1), 8)
-    store.write("landscape", c, table("landscape", c, {"step": st.tolist(), "eta": et.tolist(), "eta_rel": (et / c.lr).tolist(),
-                                                       "loss": (1 + rng.random(len(st))).tolist(), "grad_diff_l2": diff.tolist(),
-                                                       "smoothness": (diff / et).tolist(), "beta_eff": beta.tolist(),
-                                                       "loss_at_w": [1.0] * len(st), "grad_norm": [1.0] * len(st)}))
+    store.write(
+        "landscape",
+        c,
+        table(
+            "landscape",
+            c,
+            {
+                "step": st.tolist(),
+                "eta": et.tolist(),
+                "eta_rel": (et / c.lr).tolist(),
+                "loss": (1 + rng.random(len(st))).tolist(),
+                "grad_diff_l2": diff.tolist(),
+                "smoothness": (diff / et).tolist(),
+                "beta_eff": beta.tolist(),
+                "loss_at_w": [1.0] * len(st),
+                "grad_norm": [1.0] * len(st),
+            },
+        ),
+    )
     two = np.repeat(probes, 2)
-    store.write("ics", c, table("ics", c, {"step": two.tolist(), "layer": [5, 10] * len(probes), "l2": rng.random(len(two)).tolist(),
-                                           "cosine": rng.random(len(two)).tolist()}))
+    store.write(
+        "ics",
+        c,
+        table(
+            "ics",
+            c,
+            {
+                "step": two.tolist(),
+                "layer": [5, 10] * len(probes),
+                "l2": rng.random(len(two)).tolist(),
+                "cosine": rng.random(len(two)).tolist(),
+            },
+        ),
+    )
     q = {k: rng.normal(size=len(two)).tolist() for k in ("mean", "var", "q05", "q25", "q50", "q75", "q95")}
     store.write("activations", c, table("activations", c, {"step": two.tolist(), "layer": [3, 11] * len(probes), **q}))
     store.write("curvature", c, table("curvature", c, {"step": probes.tolist(), "lambda_max": (10 + rng.random(len(probes))).tolist()}))
@@ -97,28 +142,52 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="bnsweep-bench-report-"))
         try:
             out = str(tmp / "out")
-            write_s = timed(lambda: synthesise(out, rows))
+            write_s = timed(lambda out=out, rows=rows: synthesise(out, rows))
             reports = []
             for i in range(args.repeats):
                 t = time.perf_counter()
                 [w] = report.write(out, tmp / f"report{i}")
                 reports.append((time.perf_counter() - t, w))
             total, w = sorted(reports, key=lambda x: x[0])[len(reports) // 2]
-            q = {name: statistics.median(timed(lambda: query.sql(out, sql)) for _ in range(args.repeats)) for name, sql in QUERIES.items()}
-            results.append({"steps_rows": rows, "cells": 100, "write_s": write_s, "report_s": total,
-                            **{f"report_{k}_s": v for k, v in w.seconds.items()}, "figures": len(w.drawn),
-                            **{f"query: {k}_s": v for k, v in q.items()}})
+            q = {name: statistics.median(timed(lambda out=out, sql=sql: query.sql(out, sql)) for _ in range(args.repeats)) for name, sql in QUERIES.items()}
+            results.append(
+                {
+                    "steps_rows": rows,
+                    "cells": 100,
+                    "write_s": write_s,
+                    "report_s": total,
+                    **{f"report_{k}_s": v for k, v in w.seconds.items()},
+                    "figures": len(w.drawn),
+                    **{f"query: {k}_s": v for k, v in q.items()},
+                }
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"Vega bundle: {bundle_s:.2f} s (cached after the first build)\n")
-    cols = ["steps_rows", "report_s", "report_summaries_s", "report_figures_s", "report_images_s", "report_html_s", "figures",
-            *(f"query: {k}_s" for k in QUERIES)]
+    cols = [
+        "steps_rows",
+        "report_s",
+        "report_summaries_s",
+        "report_figures_s",
+        "report_images_s",
+        "report_html_s",
+        "figures",
+        *(f"query: {k}_s" for k in QUERIES),
+    ]
     print(text_table([{k: (f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k])) for k in cols} for r in results], cols))
     dest = ROOT / "bench" / "results" / "report_query.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                            "cpus": __import__("os").cpu_count()},
-                                "bundle_s": bundle_s, "repeats": args.repeats, "results": results}, indent=2))
+    dest.write_text(
+        json.dumps(
+            {
+                "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+                "bundle_s": bundle_s,
+                "repeats": args.repeats,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"\n{dest}")
 
 

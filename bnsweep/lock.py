@@ -60,8 +60,10 @@ class RunLock:
 
     def _refuse(self, rec: dict) -> UserError:
         seen = time.time() - float(rec.get("heartbeat", 0))
-        return UserError(f"sweep {self.sweep!r} is already running on {self.store.uri} (host {rec.get('host')}, pid {rec.get('pid')}, "
-                         f"since {rec.get('started', 'an unknown time')}, last seen {seen:.0f} s ago); wait for it to finish or stop it, then run again")
+        return UserError(
+            f"sweep {self.sweep!r} is already running on {self.store.uri} (host {rec.get('host')}, pid {rec.get('pid')}, "
+            f"since {rec.get('started', 'an unknown time')}, last seen {seen:.0f} s ago); wait for it to finish or stop it, then run again"
+        )
 
     def acquire(self) -> None:
         held = self._read()

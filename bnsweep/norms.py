@@ -20,7 +20,9 @@ NormLayer = Callable[[int], nn.Module]
 
 
 class BatchOptions(Options):
-    momentum: float = Field(0.1, gt=0, le=1, description="Running-statistics momentum, used in eval mode only. PyTorch default [P: 'framework defaults'].")
+    momentum: float = Field(
+        0.1, gt=0, le=1, description="Running-statistics momentum, used in eval mode only. PyTorch default [P: 'framework defaults']."
+    )
     eps: float = Field(1e-5, gt=0, description="Added to the batch variance. PyTorch default.")
 
 

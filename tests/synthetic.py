@@ -98,11 +98,14 @@ def write_measurements(store: Store) -> None:
             store.write("landscape", c, table("landscape", c, rows))
             store.write("ics", c, table("ics", c, {"step": probes, "layer": [2] * 4, "l2": [(5 + s if norm == "batch" else 1 + s)] * 4,
                                                    "cosine": [0.1 if norm == "batch" else 0.9] * 4}))
-            store.write("curvature", c, table("curvature", c, {"step": [0, 50], "lambda_max": [10.0 * (s + 1) if norm == "batch" else 100.0] * 2}))
+            store.write(
+                "curvature", c, table("curvature", c, {"step": [0, 50], "lambda_max": [10.0 * (s + 1) if norm == "batch" else 100.0] * 2})
+            )
 
 
-def landscape_draws(rng, draws: int, seeds: int, probes: int = 40, lr: float = 0.5, tail: float = 0.2,
-                    spike: tuple[int, int, float] | None = None) -> dict:
+def landscape_draws(
+    rng, draws: int, seeds: int, probes: int = 40, lr: float = 0.5, tail: float = 0.2, spike: tuple[int, int, float] | None = None
+) -> dict:
     """In-memory `cells` and `landscape` tables of `draws` independent vgg sweeps (none and batch, `seeds` each).
 
     beta_eff per probed step: log10 = log10(2/lr) + a seed offset N(0, 0.15) + step noise N(0, 0.1);
@@ -119,12 +122,11 @@ def landscape_draws(rng, draws: int, seeds: int, probes: int = 40, lr: float = 0
         for norm in ("batch", "none"):
             for s in range(seeds):
                 cid = f"d{d:05d}-{norm}-{s}"
-                cells.append({"cell_id": cid, "arch": "vgg", "norm": norm, "lr": lr, "seed": s, "status": "done",
-                              "steps": probes})
+                cells.append({"cell_id": cid, "arch": "vgg", "norm": norm, "lr": lr, "seed": s, "status": "done", "steps": probes})
                 logb = np.log10(2 / lr) + rng.normal(0, 0.15) + rng.normal(0, 0.1, probes)
                 if norm == "none":
                     logb += (rng.random(probes) < tail) * rng.uniform(0.5, 1.5, probes)
-                beta = 10 ** logb
+                beta = 10**logb
                 if spike and spike[:2] == (d, s) and norm == "batch":
                     beta[probes // 2] *= spike[2]
                 land["cell_id"] += [cid] * probes

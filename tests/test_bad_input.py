@@ -21,24 +21,57 @@ def with_train(**changes):
 CASES = {
     "unknown top key": (lambda o: tiny_spec(o, colour="red"), ["colour: unknown key", "allowed:", "grid"]),
     "unknown nested key": (lambda o: tiny_spec(o, train={"stepz": 3}), ["train.stepz: unknown key", "allowed: steps, batch_size"]),
-    "unknown override key": (lambda o: tiny_spec(o, grids=with_train(lr_decay=0.1)), ["grid[0].overrides.train.lr_decay: unknown key; allowed: steps, batch_size"]),
+    "unknown override key": (
+        lambda o: tiny_spec(o, grids=with_train(lr_decay=0.1)),
+        ["grid[0].overrides.train.lr_decay: unknown key; allowed: steps, batch_size"],
+    ),
     "wrong type": (lambda o: tiny_spec(o, train={"steps": "many"}), ["train.steps", "integer", "'many'"]),
     "negative lr": (lambda o: tiny_spec(o, grids=with_grid(lr=[0.1, -0.1])), ["grid[0].lr[1]", "greater than 0", "-0.1"]),
     "zero lr": (lambda o: tiny_spec(o, grids=with_grid(lr=[0])), ["grid[0].lr[0]", "greater than 0"]),
     "empty axis": (lambda o: tiny_spec(o, grids=with_grid(norm=[])), ["grid[0].norm: must list at least 1 value (got [])"]),
     "duplicate values": (lambda o: tiny_spec(o, grids=with_grid(lr=[0.1, 0.1])), ["grid[0].lr", "duplicate", "0.1"]),
     "unknown arch": (lambda o: tiny_spec(o, grids=with_grid(arch=["resnet"])), ["unknown arch 'resnet'", "known: dln, vgg11"]),
-    "unknown norm": (lambda o: tiny_spec(o, grids=with_grid(norm=["group"])), ["unknown norm 'group'", "known: batch, l1, l2, linf, noisy_batch, none"]),
-    "unknown dataset": (lambda o: tiny_spec(o, dataset={"name": "mnist"}), ["dataset: unknown dataset 'mnist'; known: cifar10, digits, gaussian_regression"]),
-    "no dataset": (lambda o: tiny_spec(o, grids=[{k: v for k, v in TINY_DLN.items() if k != "overrides"}]), ["no dataset for grid[0]", "known: cifar10"]),
-    "arch incompatible with dataset": (lambda o: tiny_spec(o, grids=with_grid(arch=["vgg16"])), ["arch 'vgg16' needs image classification data", "gaussian_regression"]),
-    "vgg too deep for 8x8": (lambda o: tiny_spec(o, grids=[{"arch": ["vgg11"], "norm": ["none"], "lr": [0.1], "overrides": {"dataset": {"name": "digits"}}}]), ["vgg11", "5 max-pools", "8x8", "vgg_mini"]),
+    "unknown norm": (
+        lambda o: tiny_spec(o, grids=with_grid(norm=["group"])),
+        ["unknown norm 'group'", "known: batch, l1, l2, linf, noisy_batch, none"],
+    ),
+    "unknown dataset": (
+        lambda o: tiny_spec(o, dataset={"name": "mnist"}),
+        ["dataset: unknown dataset 'mnist'; known: cifar10, digits, gaussian_regression"],
+    ),
+    "no dataset": (
+        lambda o: tiny_spec(o, grids=[{k: v for k, v in TINY_DLN.items() if k != "overrides"}]),
+        ["no dataset for grid[0]", "known: cifar10"],
+    ),
+    "arch incompatible with dataset": (
+        lambda o: tiny_spec(o, grids=with_grid(arch=["vgg16"])),
+        ["arch 'vgg16' needs image classification data", "gaussian_regression"],
+    ),
+    "vgg too deep for 8x8": (
+        lambda o: tiny_spec(o, grids=[{"arch": ["vgg11"], "norm": ["none"], "lr": [0.1], "overrides": {"dataset": {"name": "digits"}}}]),
+        ["vgg11", "5 max-pools", "8x8", "vgg_mini"],
+    ),
     "augment unsupported": (lambda o: tiny_spec(o, grids=with_train(augment=True)), ["train.augment", "gaussian_regression", "cifar10"]),
     "cuda without gpu": (lambda o: tiny_spec(o, device="cuda"), ["device: cuda needs resources.gpu > 0"]),
-    "cifar10 missing, download false": (lambda o: tiny_spec(o, grids=[{"arch": ["vgg16"], "norm": ["none"], "lr": [0.1], "overrides": {"dataset": {"name": "cifar10", "root": str(Path(o).parent / "nodata")}}}]),
-                                        ["no CIFAR-10 under", "download: true", "cifar-10-python.tar.gz"]),
+    "cifar10 missing, download false": (
+        lambda o: tiny_spec(
+            o,
+            grids=[
+                {
+                    "arch": ["vgg16"],
+                    "norm": ["none"],
+                    "lr": [0.1],
+                    "overrides": {"dataset": {"name": "cifar10", "root": str(Path(o).parent / "nodata")}},
+                }
+            ],
+        ),
+        ["no CIFAR-10 under", "download: true", "cifar-10-python.tar.gz"],
+    ),
     "resources no node has": (lambda o: tiny_spec(o, resources={"cpu": 512}), ["resources", "cpu=512", "largest"]),
-    "fractional gpu above one": (lambda o: tiny_spec(o, resources={"gpu": 1.5}), ["resources.gpu: above 1 must be a whole number of GPUs (got 1.5)"]),
+    "fractional gpu above one": (
+        lambda o: tiny_spec(o, resources={"gpu": 1.5}),
+        ["resources.gpu: above 1 must be a whole number of GPUs (got 1.5)"],
+    ),
 }
 
 
@@ -122,8 +155,21 @@ def test_override_to_another_dataset_replaces_the_section(tmp_path):
     assert {c.dataset.name for c in cells} == {"gaussian_regression"} and cells[0].dataset.samples == 64
 
 
-@pytest.mark.parametrize("text,value", [("1e-6", 1e-6), ("1.0e-6", 1e-6), (".5", 0.5), ("2.", 2.0), ("-3E2", -300.0),
-                                        ("10", 10), (".", "."), ("1e", "1e"), ("v1.2", "v1.2"), (".inf", float("inf"))])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("1e-6", 1e-6),
+        ("1.0e-6", 1e-6),
+        (".5", 0.5),
+        ("2.", 2.0),
+        ("-3E2", -300.0),
+        ("10", 10),
+        (".", "."),
+        ("1e", "1e"),
+        ("v1.2", "v1.2"),
+        (".inf", float("inf")),
+    ],
+)
 def test_yaml_numbers(text, value, tmp_path):
     import yaml
 

@@ -15,9 +15,19 @@ pytestmark = [pytest.mark.ray, pytest.mark.browser, pytest.mark.slow]  # the rep
 
 NAMES = ("chromium", "chromium-browser", "google-chrome")
 # no network of its own: no updates, sync, field trials or QUIC; a fresh profile per run
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-features=Translate,MediaRouter,OptimizationHints",
-         "--metrics-recording-only", "--no-pings"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-features=Translate,MediaRouter,OptimizationHints",
+    "--metrics-recording-only",
+    "--no-pings",
+]
 
 
 def chromium() -> str:
@@ -33,8 +43,9 @@ def test_report_renders_in_chromium(measured_report, tmp_path):
     folder, written = measured_report
     errors, requests = [], []
     with playwright.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=browser, headless=True, args=FLAGS,
-                                                   viewport={"width": 1400, "height": 900})
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=browser, headless=True, args=FLAGS, viewport={"width": 1400, "height": 900}
+        )
         page = ctx.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -206,7 +206,8 @@ def test_driver_sigkill_then_rerun_completes_exactly_once(point, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     done = lambda: len(list((out / "cells").rglob("*.parquet"))) if (out / "cells").exists() else 0
     ckpts = lambda: len(list((out / "_checkpoints").rglob("*.pt"))) if (out / "_checkpoints").exists() else 0
-    ready = {"mid-cell": lambda: ckpts() >= 1, "after-first-cell": lambda: done() >= 1, "near-the-end": lambda: done() >= len(cells) - 2}[point]
+    ready = {"mid-cell": lambda: ckpts() >= 1, "after-first-cell": lambda: done() >= 1,
+             "near-the-end": lambda: done() >= len(cells) - 2}[point]
     deadline = time.time() + 600
     while time.time() < deadline and not ready() and proc.poll() is None:
         time.sleep(0.02)

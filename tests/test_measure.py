@@ -249,15 +249,19 @@ def test_units_are_fixed_by_the_seed():
 
 def test_power_iteration_reports_its_stop():
     h = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
-    lam, its, rel = power_iteration(lambda v: [h @ v[0]], [torch.zeros(2, dtype=torch.float64)], 200, 1e-12, torch.Generator().manual_seed(0))
+    start = torch.Generator().manual_seed(0)
+    lam, its, rel = power_iteration(lambda v: [h @ v[0]], [torch.zeros(2, dtype=torch.float64)], 200, 1e-12, start)
     assert lam == pytest.approx(3.0) and its < 200 and rel < 1e-12
 
 
-@pytest.mark.parametrize("schedule,total,expected", [
-    ({"every": 100}, 350, {0, 100, 200, 300, 349}),
-    ({"steps": [5, 7, 1000]}, 50, {0, 5, 7, 49}),
-    ({"log": {"points": 4}}, 1001, {0, 1, 10, 100, 1000}),
-])
+@pytest.mark.parametrize(
+    "schedule,total,expected",
+    [
+        ({"every": 100}, 350, {0, 100, 200, 300, 349}),
+        ({"steps": [5, 7, 1000]}, 50, {0, 5, 7, 49}),
+        ({"log": {"points": 4}}, 1001, {0, 1, 10, 100, 1000}),
+    ],
+)
 def test_schedules_include_first_and_last_step(schedule, total, expected):
     assert Schedule.model_validate(schedule).resolve(total) == expected
 

@@ -34,8 +34,10 @@ def test_measurements_never_change_training(norm):
 
 
 def test_measurement_tables_and_costs_are_written(tmp_path):
-    c = with_measure(cell("dln", "batch", 1e-4, steps=20, eval_every=10),
-                     {"ics": {"every": 5, "layers": [2, 3]}, "landscape": {"log": {"points": 3}}, "activations": {"steps": [7], "layers": [1]}})
+    c = with_measure(
+        cell("dln", "batch", 1e-4, steps=20, eval_every=10),
+        {"ics": {"every": 5, "layers": [2, 3]}, "landscape": {"log": {"points": 3}}, "activations": {"steps": [7], "layers": [1]}},
+    )
     store = Store(str(tmp_path))
     assert run_cell(c, store)["status"] == "done"
     ics = pl.from_arrow(store.read("ics", "t"))
@@ -59,13 +61,16 @@ def test_measure_block_changes_the_cell_id_and_nothing_else_does():
     assert with_measure(base, {"ics": {"every": 5, "layers": [2]}}).cell_id != base.cell_id
 
 
-@pytest.mark.parametrize("measure,message", [
-    ({"ics": {"every": 5, "layers": [9]}}, "measure.ics.layers: [9] out of range for arch 'dln', whose weight layers are #1..#4"),
-    ({"activations": {"layers": [1]}}, "measure.activations: a schedule needs exactly one of every, log, steps (got none)"),
-    ({"landscape": {"every": 5, "eta": {"from": 4, "to": 1}}}, "eta.to (1) must be >= eta.from (4)"),
-    ({"ics": {"every": 5, "layers": [1], "colour": 1}}, "measure.ics.colour: unknown key"),
-    ({"hessian": {"every": 5}}, "measure.hessian: unknown key; allowed: ics, landscape, activations, curvature"),
-])
+@pytest.mark.parametrize(
+    "measure,message",
+    [
+        ({"ics": {"every": 5, "layers": [9]}}, "measure.ics.layers: [9] out of range for arch 'dln', whose weight layers are #1..#4"),
+        ({"activations": {"layers": [1]}}, "measure.activations: a schedule needs exactly one of every, log, steps (got none)"),
+        ({"landscape": {"every": 5, "eta": {"from": 4, "to": 1}}}, "eta.to (1) must be >= eta.from (4)"),
+        ({"ics": {"every": 5, "layers": [1], "colour": 1}}, "measure.ics.colour: unknown key"),
+        ({"hessian": {"every": 5}}, "measure.hessian: unknown key; allowed: ics, landscape, activations, curvature"),
+    ],
+)
 def test_bad_measure_blocks(measure, message, tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN], measure=measure))
     assert main(["validate", str(spec)]) == 2
@@ -74,7 +79,10 @@ def test_bad_measure_blocks(measure, message, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("path", ["sweeps/noisy_bn.yaml", "sweeps/ics.yaml", "sweeps/landscape.yaml", "sweeps/lp_norms.yaml", "sweeps/dln.yaml", "sweeps/paper.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    ["sweeps/noisy_bn.yaml", "sweeps/ics.yaml", "sweeps/landscape.yaml", "sweeps/lp_norms.yaml", "sweeps/dln.yaml", "sweeps/paper.yaml"],
+)
 def test_figure_sweeps_validate_and_measure(path):
     from conftest import ROOT
 

@@ -57,7 +57,9 @@ def test_lp_norm_matches_brute_force(name, kind):
     torch.testing.assert_close(layer.running_scale, 0.9 + 0.1 * scale)
     layer.eval()
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    expected = (x - layer.running_mean.view(shape)) / (layer.running_scale.view(shape) + layer.eps) * layer.weight.view(shape) + layer.bias.view(shape)
+    expected = (x - layer.running_mean.view(shape)) / (layer.running_scale.view(shape) + layer.eps) * layer.weight.view(
+        shape
+    ) + layer.bias.view(shape)
     torch.testing.assert_close(layer(x), expected.detach())
 
 

@@ -77,7 +77,9 @@ def test_a_sweep_writes_to_and_resumes_from_s3(s3_uri, tmp_path, capsys):
     assert not [p for p in files if "/_locks/" in p or "/_checkpoints/" in p]
     # the analysis commands read the bucket too
     capsys.readouterr()
-    assert main(["query", s3_uri, "SELECT count(*) AS n FROM steps JOIN cells USING (cell_id) WHERE status = 'done'", "--format", "csv"]) == 0
+    assert (
+        main(["query", s3_uri, "SELECT count(*) AS n FROM steps JOIN cells USING (cell_id) WHERE status = 'done'", "--format", "csv"]) == 0
+    )
     assert capsys.readouterr().out.split() == ["n", str(len(s.join(c.filter(pl.col("status") == "done"), on="cell_id")))]
     assert main(["ls", s3_uri]) == 0 and "s3" in capsys.readouterr().out
     assert main(["report", s3_uri, "-o", str(tmp_path / "report")]) == 0

@@ -17,7 +17,9 @@ def exact_quantile(values, stat, q):
     return stats[int(np.ceil(q * len(stats))) - 1]
 
 
-@pytest.mark.parametrize("values, stat", [([0.0, 1.0, 2.0, 10.0], np.mean), ([3.0, 1.0, 4.0, 1.5, 9.0, 2.6], np.median), ([0.2, 0.9, 0.5], np.mean)])
+@pytest.mark.parametrize(
+    "values, stat", [([0.0, 1.0, 2.0, 10.0], np.mean), ([3.0, 1.0, 4.0, 1.5, 9.0, 2.6], np.median), ([0.2, 0.9, 0.5], np.mean)]
+)
 def test_interval_matches_the_exact_bootstrap_distribution(values, stat):
     name = "mean" if stat is np.mean else "median"
     got = bootstrap(values, name)

@@ -74,10 +74,13 @@ def test_tables_are_complete_typed_and_carry_their_keys(finished):
 
 def test_duckdb_reads_the_same_rows(finished):
     _, out = finished
-    n = duckdb.sql(f"select count(*), count(distinct cell_id) from read_parquet('{out}/steps/**/*.parquet', hive_partitioning=true)").fetchall()[0]
+    n = duckdb.sql(
+        f"select count(*), count(distinct cell_id) from read_parquet('{out}/steps/**/*.parquet', hive_partitioning=true)"
+    ).fetchall()[0]
     assert n == (len(scan(out, "steps")), 12)
     joined = duckdb.sql(f"""select c.status, count(*) from read_parquet('{out}/steps/**/*.parquet', hive_partitioning=true) s
-                            join read_parquet('{out}/cells/**/*.parquet', hive_partitioning=true) c using (cell_id) group by all""").fetchall()
+                            join read_parquet('{out}/cells/**/*.parquet', hive_partitioning=true) c
+                            using (cell_id) group by all""").fetchall()
     assert dict(joined).keys() == {"done", "diverged"}
 
 
@@ -143,8 +146,12 @@ def _settle(folder, quiet_s=4.0, limit_s=60.0) -> int:
 
 
 def test_sigkill_half_way_then_rerun_finishes_exactly_once(tmp_path):
-    slow = {**TINY_VGG, "seed": [0, 1, 2, 3], "lr": [0.05, 0.1],
-            "overrides": {**TINY_VGG["overrides"], "train": {"steps": 1500, "batch_size": 32, "eval_every": 100}}}
+    slow = {
+        **TINY_VGG,
+        "seed": [0, 1, 2, 3],
+        "lr": [0.05, 0.1],
+        "overrides": {**TINY_VGG["overrides"], "train": {"steps": 1500, "batch_size": 32, "eval_every": 100}},
+    }
     sparse = {k: {**v, "every": 100} if "every" in v else v for k, v in MEASURE.items()}
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[slow], name="killed", measure=sparse))
     _, cells = load_cells(spec)

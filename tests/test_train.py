@@ -55,7 +55,7 @@ def test_divergence_ends_the_cell_with_rows_up_to_the_bad_step():
     assert res.steps["step"] == list(range(d + 1))
     last, first = res.steps["loss"][-1], res.steps["loss"][0]
     assert not (last == last and abs(last) < float("inf")) or last > 1000 * first
-    assert all(l <= 1000 * first for l in res.steps["loss"][:-1])
+    assert all(loss <= 1000 * first for loss in res.steps["loss"][:-1])
     assert all(e["step"] <= d for e in res.evals)
     ok = train_cell(cell(norm="batch", lr=1e-3, steps=200, eval_every=10))
     assert ok.status == "done"  # the same learning rate with BatchNorm trains

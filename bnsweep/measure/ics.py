@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 
 class IcsOptions(Schedule):
-    layers: list[int] = Field(min_length=1, description="Weight layers #k, counted from the input from 1 (VGG #5, #10; DLN #9, #17 in the paper) [P].")
+    layers: list[int] = Field(
+        min_length=1, description="Weight layers #k, counted from the input from 1 (VGG #5, #10; DLN #9, #17 in the paper) [P]."
+    )
 
 
 def weight_names(model) -> list[str]:
@@ -36,15 +38,21 @@ def weight_names(model) -> list[str]:
 class Ics(Measurement):
     name = "ics"
     Options = IcsOptions
-    columns = [("layer", pa.int64()), ("l2", pa.float64()), ("cosine", pa.float64()),
-               ("grad_norm", pa.float64()), ("grad_prime_norm", pa.float64())]
+    columns = [
+        ("layer", pa.int64()),
+        ("l2", pa.float64()),
+        ("cosine", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("grad_prime_norm", pa.float64()),
+    ]
     example = {"every": 5, "layers": [2, 3]}
 
     @staticmethod
     def summary(t: pl.LazyFrame) -> pl.LazyFrame:
         """Per probed step and layer: ics_l2 = ||G - G'||, ics_cosine = cos(G, G')."""
-        return (t.select("cell_id", "step", "layer", ics_l2="l2", ics_cosine="cosine")
-                .unpivot(index=["cell_id", "step", "layer"], variable_name="quantity"))
+        return t.select("cell_id", "step", "layer", ics_l2="l2", ics_cosine="cosine").unpivot(
+            index=["cell_id", "step", "layer"], variable_name="quantity"
+        )
 
     def after_backward(self, ctx: StepContext) -> list[dict]:
         import torch
@@ -60,6 +68,13 @@ class Ics(Measurement):
             moved = {n: moved_all[n] if n in before else w[n] for n in names}
             _, gp = ctx.grad_at(moved, wrt=[target])
             a, b = g[target].double(), gp[target].double()
-            rows.append({"layer": k, "l2": norm2([a - b]), "cosine": float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)),
-                         "grad_norm": norm2([a]), "grad_prime_norm": norm2([b])})
+            rows.append(
+                {
+                    "layer": k,
+                    "l2": norm2([a - b]),
+                    "cosine": float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)),
+                    "grad_norm": norm2([a]),
+                    "grad_prime_norm": norm2([b]),
+                }
+            )
         return rows

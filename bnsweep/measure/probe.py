@@ -78,8 +78,12 @@ class StepContext:
                   for g in self.optimizer.param_groups]  # same groups, same order: the state maps one to one
         opt = type(self.optimizer)(groups, **self.optimizer.defaults)
         state = self.optimizer.state_dict()
-        opt.load_state_dict({"state": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for k, s in state["state"].items()},
-                             "param_groups": state["param_groups"]})
+        opt.load_state_dict(
+            {
+                "state": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for k, s in state["state"].items()},
+                "param_groups": state["param_groups"],
+            }
+        )
         opt.step()
         return {n: copy_of[id(p)] for n, p in zip(names, ps)}
 
