@@ -101,9 +101,8 @@ def check(query: str, tables: list[str] | tuple[str, ...]) -> None:
             "a query reads the tables and changes nothing"
         )
     if first.kind != "word" or first.text not in STATEMENTS:
-        raise UserError(
-            f"query refused: sql parser error: expected SELECT or WITH at the start, found {short(query[first.at : first.at + len(first.text)])}"
-        )
+        found = short(query[first.at : first.at + len(first.text)])
+        raise UserError(f"query refused: sql parser error: expected SELECT or WITH at the start, found {found}")
     for i, t in enumerate(toks):
         nxt = toks[i + 1] if i + 1 < len(toks) else None
         if _name(t) and nxt is not None and nxt.text == "(" and re.match(r"(read|scan)_", t.text):

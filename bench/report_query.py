@@ -149,7 +149,8 @@ def main() -> None:
                 [w] = report.write(out, tmp / f"report{i}")
                 reports.append((time.perf_counter() - t, w))
             total, w = sorted(reports, key=lambda x: x[0])[len(reports) // 2]
-            q = {name: statistics.median(timed(lambda out=out, sql=sql: query.sql(out, sql)) for _ in range(args.repeats)) for name, sql in QUERIES.items()}
+            q = {name: statistics.median(timed(lambda out=out, sql=sql: query.sql(out, sql)) for _ in range(args.repeats))
+                 for name, sql in QUERIES.items()}
             results.append(
                 {
                     "steps_rows": rows,
