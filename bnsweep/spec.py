@@ -61,6 +61,21 @@ class Resources(Options):
         return v
 
 
+class Execution(Options):
+    """How cells run; never part of a cell's identity (results do not depend on it)."""
+
+    pack: int | Literal["auto"] = Field(1, description="Cells trained together in one trial as one program over stacked parameters "
+                                                       "(they must share everything but lr and seed). 1 = one cell per trial. auto = 1 on "
+                                                       "CPU, 8 on a GPU.")
+
+    @field_validator("pack")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"pack must be a whole number >= 1 or 'auto' (got {v})")
+        return v
+
+
 @register_model
 class Settings(Options):
     """Everything a grid block may override."""
@@ -73,6 +88,7 @@ class Settings(Options):
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
     measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
     checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
+    execution: Execution = Field(default_factory=Execution, description="How cells run (packing); results do not depend on it.")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -154,6 +170,7 @@ class CellConfig(Options):
     resources: Resources
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     checkpoint_every: int = 1000
+    execution: Execution = Field(default_factory=Execution)
 
     @model_validator(mode="before")
     @classmethod
@@ -170,7 +187,7 @@ class CellConfig(Options):
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the result: not where it runs, how often it checkpoints, nor where the data sits."""
-        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every"})
+        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every", "execution"})
         d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
         if not d["measure"]:  # cells without measurements keep the ids they always had
             del d["measure"]
@@ -233,9 +250,39 @@ def expand(spec: SweepSpec) -> list[CellConfig]:
                 model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
                 train=s.train.model_copy(update={k: protocol[k] for k in unset}),
                 device=s.device, resources=s.resources, measure=s.measure,
-                checkpoint_every=s.checkpoint_every,
+                checkpoint_every=s.checkpoint_every, execution=s.execution,
             )
             if cell.cell_id in cells:
                 raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")
             cells[cell.cell_id] = cell
     return list(cells.values())
+
+
+# Packing: cells that differ only in lr and seed train together as one program (bnsweep/pack.py).
+PACK_AUTO = {"cpu": 1, "cuda": 8}  # K for `pack: auto` by device; the CUDA figure awaits bench/gpu.py
+
+
+def pack_size(cell: CellConfig) -> int:
+    """K for `cell`: its `execution.pack`, with auto resolved from where it runs (cuda when it is given a GPU)."""
+    k = cell.execution.pack
+    if k != "auto":
+        return k
+    on_gpu = cell.device == "cuda" or (cell.device == "auto" and cell.resources.gpu > 0)
+    return PACK_AUTO["cuda" if on_gpu else "cpu"]
+
+
+def pack_key(cell: CellConfig) -> str:
+    """What the members of one pack share: every field but lr and seed."""
+    return cell.model_dump_json(exclude={"lr", "seed"})
+
+
+def packs(cells: list[CellConfig]) -> list[list[CellConfig]]:
+    """`cells` grouped into packs of at most their pack size, in order of first appearance."""
+    groups: dict[str, list[CellConfig]] = {}
+    for c in cells:
+        groups.setdefault(pack_key(c), []).append(c)
+    out = []
+    for members in groups.values():
+        k = pack_size(members[0])
+        out += [members[i : i + k] for i in range(0, len(members), k)]
+    return out

@@ -1,0 +1,148 @@
+"""Packed cells: K cells trained as one program over stacked parameters give each cell's unpacked result.
+
+Everything in float64 on CPU: losses, evaluations and measurement rows agree with `train_cell` to 1e-10
+relative over 50 steps, for every norm variant on both architectures.
+"""
+
+import math
+
+import pytest
+import torch
+
+from bnsweep.errors import UserError
+from bnsweep.norms import NORMS
+from bnsweep.pack import train_pack
+from bnsweep.spec import CellConfig, expand, pack_size, packs
+from bnsweep.specfile import load_spec
+from bnsweep.train import TrainResult, TrainState, train_cell
+from conftest import MEASURE_ALL, TINY_DLN, tiny_spec
+from test_train import cell
+
+F64 = torch.float64
+REL = 1e-10
+LRS = {"dln": [1e-4, 3e-4], "vgg_mini": [0.1, 0.05]}
+
+
+def close(a, b, rel=REL) -> bool:
+    """Equal structure; numbers equal to `rel` relative (NaN matches NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= rel * max(abs(a), abs(b)) or a == b
+    return a == b
+
+
+def same_result(u: TrainResult, p: TrainResult, rel=REL) -> None:
+    assert (p.status, p.diverged_step, p.resumed_from) == (u.status, u.diverged_step, u.resumed_from)
+    assert close(u.steps, p.steps, rel), "step records differ"
+    assert close(u.evals, p.evals, rel), "evaluations differ"
+    assert close(u.measure_rows, p.measure_rows, rel), "measurement rows differ"
+
+
+def members(arch, norm, steps=50, eval_every=25, lrs=None, seeds=(0, 1), measure=None) -> list[CellConfig]:
+    out = [cell(arch, norm, lr, seed=s, steps=steps, eval_every=eval_every) for lr, s in zip(lrs or LRS[arch], seeds)]
+    if measure:
+        out = [CellConfig.model_validate({**c.model_dump(by_alias=True), "measure": measure}) for c in out]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["dln", "vgg_mini"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_packed_equals_unpacked(arch, norm):
+    cells = members(arch, norm)
+    packed = train_pack(cells, dtype=F64)
+    for c, p in zip(cells, packed):
+        same_result(train_cell(c, dtype=F64), p)
+
+
+def test_packed_dln_batch_equals_unpacked():
+    """The quick member of the test above (BatchNorm on (N, C) inputs: the member-by-member kernel path)."""
+    cells = members("dln", "batch", steps=30, eval_every=10)
+    for c, p in zip(cells, train_pack(cells, dtype=F64)):
+        same_result(train_cell(c, dtype=F64), p)
+
+
+@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("vgg_mini", "batch")])
+def test_measurements_run_per_member(arch, norm):
+    cells = members(arch, norm, steps=12, eval_every=6, measure=MEASURE_ALL)
+    packed = train_pack(cells, dtype=F64)
+    for c, p in zip(cells, packed):
+        u = train_cell(c, dtype=F64)
+        assert u.measure_rows and all(u.measure_rows.values())
+        same_result(u, p)
+    assert packed[0].measure_rows != packed[1].measure_rows  # each member measured itself
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("vgg_mini", "l2")])
+def test_resumed_pack_equals_uninterrupted_pack(arch, norm):
+    cells = [CellConfig.model_validate({**c.model_dump(by_alias=True), "checkpoint_every": 8})
+             for c in members(arch, norm, steps=24, eval_every=5, measure={"landscape": {"every": 7, "eta": {"points": 2}}})]
+    whole = train_pack(cells, dtype=F64)
+    saved: dict[int, dict] = {}
+
+    def save(k):
+        def put(blob: bytes):
+            saved[k] = state = TrainState.read(blob)  # through bytes, as in the store
+            if k == len(cells) - 1 and state["step"] == 16:
+                raise Stop
+        return put
+
+    with pytest.raises(Stop):
+        train_pack(cells, dtype=F64, checkpoints=[save(k) for k in range(len(cells))], checkpoint_every=8)
+    assert {s["step"] for s in saved.values()} == {16}
+    resumed = train_pack(cells, dtype=F64, resumes=[saved[k] for k in range(len(cells))])
+    for w, r in zip(whole, resumed):
+        assert r.resumed_from == 16
+        assert (r.steps, r.evals, r.measure_rows, r.status) == (w.steps, w.evals, w.measure_rows, w.status)
+    # a member's checkpoint is its own TrainState: it resumes unpacked too
+    alone = train_cell(cells[0], dtype=F64, resume=saved[0])
+    same_result(train_cell(cells[0], dtype=F64, resume=saved[0]), alone)
+    assert close(alone.steps, whole[0].steps)
+
+
+def test_diverged_member_stops_alone():
+    lrs, seeds = [1e-4, 1e-1, 5e-5], [0, 2, 1]
+    cells = members("dln", "none", steps=50, eval_every=25, lrs=lrs, seeds=seeds)
+    ended: list[int] = []
+    with3 = train_pack(cells, dtype=F64, finished=lambda k, res: ended.append(k))
+    without = train_pack([cells[0], cells[2]], dtype=F64)
+    assert with3[1].status == "diverged" and ended[0] == 1  # finished as soon as it diverged
+    same_result(train_cell(cells[1], dtype=F64), with3[1])
+    for a, b in zip([with3[0], with3[2]], without):
+        assert b.status == "done"
+        same_result(b, a)
+
+
+def test_pack_setting_and_identity(tmp_path, spec_file):
+    base = tiny_spec(tmp_path / "out", grids=[TINY_DLN])
+    plain = expand(load_spec(spec_file(base)))
+    packed = expand(load_spec(spec_file({**base, "execution": {"pack": 3}}, "p.yaml")))
+    assert [c.cell_id for c in plain] == [c.cell_id for c in packed]  # packing is not identity
+    groups = packs(packed)
+    assert [len(g) for g in groups] == [3, 1, 3, 1]  # per norm: 4 cells (2 lr x 2 seeds) in packs of 3
+    assert all(len({(c.norm, c.arch) for c in g}) == 1 for g in groups)
+    assert [len(g) for g in packs(plain)] == [1] * len(plain)
+    auto = expand(load_spec(spec_file({**base, "execution": {"pack": "auto"}}, "a.yaml")))
+    assert {pack_size(c) for c in auto} == {1}  # auto on a CPU cell
+    over = {**TINY_DLN, "overrides": {**TINY_DLN["overrides"], "execution": {"pack": 2}}}
+    assert [len(g) for g in packs(expand(load_spec(spec_file(tiny_spec(tmp_path / "o", grids=[over]), "g.yaml"))))] == [2] * 4
+
+
+@pytest.mark.parametrize("bad", [0, -2, "many", 1.5])
+def test_bad_pack_is_one_line(tmp_path, spec_file, bad):
+    path = spec_file({**tiny_spec(tmp_path / "out", grids=[TINY_DLN]), "execution": {"pack": bad}})
+    with pytest.raises(UserError) as e:
+        load_spec(path)
+    assert "execution.pack" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cells_that_differ_in_more_than_lr_and_seed_do_not_pack():
+    with pytest.raises(ValueError, match="everything but lr and seed"):
+        train_pack([cell("dln", "batch"), cell("dln", "none")])
