@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from bnsweep.cell import run_pack
 from bnsweep.data import DATASETS
 from bnsweep.errors import UserError
+from bnsweep.layout import STATUSES
 from bnsweep.lock import RunLock
 from bnsweep.measure import enabled
 from bnsweep.records import Store
@@ -54,7 +55,7 @@ def _trial(config: dict) -> None:
     cells = [CellConfig.model_validate_json(j) for j in config["cell"]["json"]]
     torch.set_num_threads(max(1, int(cells[0].resources.cpu)))  # reused actors keep the old count otherwise
     outs = run_pack(cells, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id())
-    counts = {s: sum(o["status"] == s for o in outs) for s in ("done", "diverged", "failed")}
+    counts = {f"n_{s}": sum(o["status"] == s for o in outs) for s in STATUSES}  # Tune reserves `done`
     tune.report({"status": outs[0]["status"] if len(outs) == 1 else "pack", **counts,
                  "wall_s": max(o["wall_s"] for o in outs)})
 
@@ -99,9 +100,10 @@ def _progress_callback(total: int, tty: bool):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.count_running(trials, ended=trial)
             last = trial.last_result or {}
-            for status in self.counts:
-                self.counts[status] += last.get(status, 0)
-            self.counts["failed"] += len(trial.config["cell"]["json"]) - sum(last.get(s, 0) for s in self.counts)
+            got = {s: last.get(f"n_{s}", 0) for s in self.counts}
+            got["failed"] += len(trial.config["cell"]["json"]) - sum(got.values())  # a trial that reported nothing
+            for status, n in got.items():
+                self.counts[status] += n
             self.show()
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -268,7 +270,7 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
             print()
         for r in grid:
             n = len(r.config["cell"]["json"]) if r.config else 0
-            got = {s: (r.metrics or {}).get(s, 0) if r.error is None else 0 for s in ("done", "diverged", "failed")}
+            got = {s: (r.metrics or {}).get(f"n_{s}", 0) if r.error is None else 0 for s in STATUSES}
             if r.error is not None:
                 got["failed"] = n
             for status, k in got.items():

@@ -146,3 +146,43 @@ def test_bad_pack_is_one_line(tmp_path, spec_file, bad):
 def test_cells_that_differ_in_more_than_lr_and_seed_do_not_pack():
     with pytest.raises(ValueError, match="everything but lr and seed"):
         train_pack([cell("dln", "batch"), cell("dln", "none")])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_packed_sweep_through_ray_then_rerun_only_unfinished_members(tmp_path, capsys):
+    """`bnsweep run` with pack 2: one trial per pack writes its members' results; a lost member alone runs again."""
+    import polars as pl
+
+    from bnsweep.cli import main
+    from bnsweep.records import Store
+    from conftest import write_spec
+
+    grid = {**TINY_DLN, "norm": ["batch", "noisy_batch"]}
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[grid], execution={"pack": 2}))
+    assert main(["run", str(spec)]) == 0
+    store = Store(str(tmp_path / "out"))
+    cells = store.read("cells", "tiny").to_pylist()
+    assert len(cells) == 8 and {c["status"] for c in cells} == {"done"}
+    assert {c["pack_size"] for c in cells} == {2} and sorted(c["pack_index"] for c in cells) == [0] * 4 + [1] * 4
+    steps = pl.from_arrow(store.read("steps", "tiny"))
+    evals = pl.from_arrow(store.read("evals", "tiny"))
+    by_pack = {}  # the tables hold each member's result of its pack (float32; float64 equality is tested above)
+    for p in packs(expand(load_spec(spec))):
+        by_pack.update({c.cell_id: r for c, r in zip(p, train_pack(p))})
+    for cell_id, r in by_pack.items():
+        mine = steps.filter(pl.col("cell_id") == cell_id).sort("step")
+        assert mine["loss"].to_list() == r.steps["loss"]
+        ev = evals.filter(pl.col("cell_id") == cell_id).sort("step", "split")
+        assert ev["loss"].to_list() == [e["loss"] for e in sorted(r.evals, key=lambda e: (e["step"], e["split"]))]
+
+    lost = cells[0]["cell_id"]  # a member whose trial died before its rows were written
+    for f in (tmp_path / "out").rglob(f"{lost}.parquet"):
+        f.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.parquet")}
+    capsys.readouterr()
+    assert main(["run", str(spec)]) == 0
+    assert "8 cells: 7 already have results, 1 to run" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the finished members were not run again
+    again = {c["cell_id"]: c for c in store.read("cells", "tiny").to_pylist()}
+    assert again[lost]["status"] == "done" and again[lost]["pack_size"] == 1
