@@ -18,8 +18,8 @@ import torch
 
 import bnsweep
 from bnsweep.layout import RESULT, RESULT_TABLES
-from bnsweep.records import Store, cells_row, columns, table
 from bnsweep.pack import train_pack
+from bnsweep.records import Store, cells_row, columns, table
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainResult, TrainState, train_cell
 
@@ -103,8 +103,8 @@ def run_pack(cells: list[CellConfig], store: Store, node_id: str = "local", devi
     re-formed after a crash) train as one pack per step, one after another. A Python exception marks the
     members still unfinished `failed`. A pack of one is `run_cell`.
     """
-    outs: dict[int, dict] = {i: {"cell_id": c.cell_id, "status": s, "wall_s": 0.0, "error": None}
-                             for i, c in enumerate(cells) if (s := has_result(store, c))}  # a retried trial's finished members
+    outs: dict[int, dict] = {i: {"cell_id": c.cell_id, "status": s, "wall_s": 0.0, "error": None}  # a retried
+                             for i, c in enumerate(cells) if (s := has_result(store, c))}  # trial's finished members
     if len(outs) == len(cells):
         return [outs[i] for i in range(len(cells))]
     todo = [i for i in range(len(cells)) if i not in outs]

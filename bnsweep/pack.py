@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -33,8 +33,21 @@ from bnsweep.data import DATASETS, Data, load_data
 from bnsweep.models import build_model
 from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
 from bnsweep.spec import CellConfig, pack_key
-from bnsweep.train import (CHECK_EVERY, TrainResult, TrainState, cast_data, check_divergence, due, evaluate, finish,
-                           loss_fn, new_state, next_batch, resolve_device, train_step)
+from bnsweep.train import (
+    CHECK_EVERY,
+    TrainResult,
+    TrainState,
+    cast_data,
+    check_divergence,
+    due,
+    evaluate,
+    finish,
+    loss_fn,
+    new_state,
+    next_batch,
+    resolve_device,
+    train_step,
+)
 
 
 class _StackedBatchNorm(torch.autograd.Function):
@@ -68,7 +81,8 @@ class _StackedBatchNorm(torch.autograd.Function):
             return torch.stack([F.batch_norm(x[k], rm[k], rv[k], w[k], b[k], True, momentum, eps) for k in range(K)]), 0
         n, c, rest = x.shape[1], x.shape[2], x.shape[3:]
         folded = x.transpose(0, 1).reshape(n, K * c, *rest)
-        out = F.batch_norm(folded, rm.view(K * c), rv.view(K * c), w.reshape(K * c), b.reshape(K * c), True, momentum, eps)
+        out = F.batch_norm(folded, rm.view(K * c), rv.view(K * c), w.reshape(K * c), b.reshape(K * c),
+                           True, momentum, eps)
         return out.view(n, K, c, *rest).transpose(0, 1), 0
 
 
@@ -78,7 +92,8 @@ class _PackedBatchNorm(BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         self.num_batches_tracked.add_(1)
-        return _StackedBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps)
+        return _StackedBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                       self.momentum, self.eps)
 
 
 class _GivenNoise(_PackedBatchNorm):
@@ -100,9 +115,10 @@ class Stack:
         dev = next(first.parameters()).device
         self.params = {n: torch.stack([dict(s.model.named_parameters())[n].detach() for s in states]).requires_grad_()
                        for n, _ in first.named_parameters()}
-        self.buffers = {n: torch.stack([dict(s.model.named_buffers())[n] for s in states]) for n, _ in first.named_buffers()}
+        self.buffers = {n: torch.stack([dict(s.model.named_buffers())[n] for s in states])
+                        for n, _ in first.named_buffers()}
         self.bufs = {n: torch.zeros_like(p) for n, p in self.params.items()} if momentum else {}
-        self.started = torch.zeros(len(states), dtype=torch.bool, device=dev)  # momentum buffer exists (SGD's first step)
+        self.started = torch.zeros(len(states), dtype=torch.bool, device=dev)  # has a momentum buffer (SGD's 1st step)
         dtype = next(iter(self.params.values())).dtype
         self.neg_lr = torch.tensor([-lr for lr in lrs], dtype=dtype, device=dev)
         for k in range(len(states)):
@@ -136,11 +152,13 @@ class Stack:
                     if b is not None:
                         self.bufs[n][k] = b
 
-    def update(self, grads: dict[str, torch.Tensor | None], mask: torch.Tensor, old_buffers: dict[str, torch.Tensor]) -> None:
+    def update(self, grads: dict[str, torch.Tensor | None], mask: torch.Tensor,
+               old_buffers: dict[str, torch.Tensor]) -> None:
         """torch.optim.SGD's update (weight decay, momentum without dampening) for the members in `mask`;
         the others keep their weights, momentum and buffers (which the vmapped forward pass touched)."""
+        every = bool(mask.all())  # the common case: no slot to keep
         with torch.no_grad():
-            for n, b in self.buffers.items():
+            for n, b in self.buffers.items() if not every else ():
                 b.copy_(torch.where(_col(mask, b), b, old_buffers[n]))
             for n, p in self.params.items():
                 g = grads[n]
@@ -151,9 +169,12 @@ class Stack:
                     g = g.add(p, alpha=self.weight_decay)
                 if self.momentum:
                     buf = torch.where(_col(self.started, p), self.bufs[n] * self.momentum + g, g)
-                    self.bufs[n] = torch.where(m, buf, self.bufs[n])
+                    self.bufs[n] = buf if every else torch.where(m, buf, self.bufs[n])
                     g = buf
-                p.copy_(torch.where(m, torch.addcmul(p, g, _col(self.neg_lr, p)), p))  # = p.add_(g, alpha=-lr)
+                if every:
+                    p.addcmul_(g, _col(self.neg_lr, p))  # = p.add_(g, alpha=-lr), torch.optim.SGD's last line
+                else:
+                    p.copy_(torch.where(m, torch.addcmul(p, g, _col(self.neg_lr, p)), p))
             self.started |= mask
 
 
@@ -178,7 +199,8 @@ def _noise_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...
     shapes, handles = {}, []
     for name, m in model.named_modules():
         if isinstance(m, NoisyBatchNorm):
-            handles.append(m.register_forward_hook(lambda mod, i, out, name=name: shapes.__setitem__(name, tuple(out.shape))))
+            handles.append(m.register_forward_hook(
+                lambda mod, i, out, name=name: shapes.__setitem__(name, tuple(out.shape))))
     try:
         model.eval()
         with torch.no_grad():
@@ -271,7 +293,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in range(K)])
             ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
             noise = _draw(states, fast, order, shapes, opts, x0)
-            old = {n: b.clone() for n, b in stack.buffers.items()}
+            old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
             with warnings.catch_warnings():  # l_p norms' lerp_ has no batching rule: vmap loops over members there
                 warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
                 loss, acc = vmap(member)(stack.params, stack.buffers, xs, ys, noise)
@@ -318,7 +340,8 @@ def _draw(states: list[TrainState], fast: list[int], order: list[str], shapes: d
     if not order:
         return []
     K = len(states)
-    drawn = {k: [sample_noise(like.new_empty(shapes[n]), opts, states[k].generators["noise"]) for n in order] for k in fast}
+    drawn = {k: [sample_noise(like.new_empty(shapes[n]), opts, states[k].generators["noise"]) for n in order]
+             for k in fast}
     out = []
     for i, n in enumerate(order):
         blank = like.new_empty(shapes[n])

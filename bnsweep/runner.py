@@ -90,7 +90,8 @@ def _progress_callback(total: int, tty: bool):
             self.last = text
 
         def count_running(self, trials, ended=None) -> None:
-            self.running = sum(len(t.config["cell"]["json"]) for t in trials if t.status == "RUNNING" and t is not ended)
+            self.running = sum(len(t.config["cell"]["json"]) for t in trials
+                               if t.status == "RUNNING" and t is not ended)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.count_running(trials)
@@ -257,8 +258,9 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
         progress = _progress_callback(len(todo), sys.stdout.isatty())
         tuner = tune.Tuner(
             trainable,
-            param_space={"output": store.uri, "cell": tune.grid_search([  # one trial per pack, with one cell's resources
-                {"id": p[0].cell_id + (f"+{len(p) - 1}" if len(p) > 1 else ""), "json": [c.model_dump_json() for c in p],
+            param_space={"output": store.uri, "cell": tune.grid_search([  # one trial per pack, one cell's resources
+                {"id": p[0].cell_id + (f"+{len(p) - 1}" if len(p) > 1 else ""),
+                 "json": [c.model_dump_json() for c in p],
                  "cpu": p[0].resources.cpu, "gpu": p[0].resources.gpu} for p in packs(todo)])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda t: t.config["cell"]["id"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
@@ -24,7 +24,7 @@ from bnsweep.options import Options
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
 TRAIN_VERSION = 1
 
-DatasetSpec = Annotated[Union[tuple(d.Spec for d in DATASETS.values())], Field(discriminator="name")]
+DatasetSpec = Annotated[tuple(d.Spec for d in DATASETS.values()), Field(discriminator="name")]
 
 ModelOptions = create_model(
     "ModelOptions", __base__=Options,
@@ -64,9 +64,9 @@ class Resources(Options):
 class Execution(Options):
     """How cells run; never part of a cell's identity (results do not depend on it)."""
 
-    pack: int | Literal["auto"] = Field(1, description="Cells trained together in one trial as one program over stacked parameters "
-                                                       "(they must share everything but lr and seed). 1 = one cell per trial. auto = 1 on "
-                                                       "CPU, 8 on a GPU.")
+    pack: int | Literal["auto"] = Field(
+        1, description="Cells trained together in one trial as one program over stacked parameters (they must share "
+                       "everything but lr and seed). 1 = one cell per trial. auto = 1 on CPU, 8 on a GPU.")
 
     @field_validator("pack")
     @classmethod
@@ -88,7 +88,8 @@ class Settings(Options):
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
     measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
     checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
-    execution: Execution = Field(default_factory=Execution, description="How cells run (packing); results do not depend on it.")
+    execution: Execution = Field(default_factory=Execution,
+                                 description="How cells run (packing); results do not depend on it.")
 
 
 def _unique(kind: str, values: list) -> list:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -246,8 +247,8 @@ def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None 
     """Train one cell and return its step, evaluation and measurement records.
 
     `resume` is a `TrainState.state_dict()` an earlier attempt saved through `checkpoint` (called with
-    `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run would
-    have (bit for bit on CPU). `dtype`: model and data precision (None: float32 as loaded; tests use float64).
+    `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run
+    would have (bit for bit on CPU). `dtype`: model and data precision (None: float32 as loaded; tests use float64).
     """
     dev = resolve_device(device or cell.device)
     data = cast_data(load_data(cell.dataset, str(dev)), dtype)

@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from conftest import MEASURE_ALL, TINY_DLN, tiny_spec
+from test_train import cell
 
 from bnsweep.errors import UserError
 from bnsweep.norms import NORMS
@@ -15,8 +17,6 @@ from bnsweep.pack import train_pack
 from bnsweep.spec import CellConfig, expand, pack_size, packs
 from bnsweep.specfile import load_spec
 from bnsweep.train import TrainResult, TrainState, train_cell
-from conftest import MEASURE_ALL, TINY_DLN, tiny_spec
-from test_train import cell
 
 F64 = torch.float64
 REL = 1e-10
@@ -83,7 +83,8 @@ class Stop(Exception):
 @pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("vgg_mini", "l2")])
 def test_resumed_pack_equals_uninterrupted_pack(arch, norm):
     cells = [CellConfig.model_validate({**c.model_dump(by_alias=True), "checkpoint_every": 8})
-             for c in members(arch, norm, steps=24, eval_every=5, measure={"landscape": {"every": 7, "eta": {"points": 2}}})]
+             for c in members(arch, norm, steps=24, eval_every=5,
+                              measure={"landscape": {"every": 7, "eta": {"points": 2}}})]
     whole = train_pack(cells, dtype=F64)
     saved: dict[int, dict] = {}
 
@@ -132,7 +133,8 @@ def test_pack_setting_and_identity(tmp_path, spec_file):
     auto = expand(load_spec(spec_file({**base, "execution": {"pack": "auto"}}, "a.yaml")))
     assert {pack_size(c) for c in auto} == {1}  # auto on a CPU cell
     over = {**TINY_DLN, "overrides": {**TINY_DLN["overrides"], "execution": {"pack": 2}}}
-    assert [len(g) for g in packs(expand(load_spec(spec_file(tiny_spec(tmp_path / "o", grids=[over]), "g.yaml"))))] == [2] * 4
+    overridden = expand(load_spec(spec_file(tiny_spec(tmp_path / "o", grids=[over]), "g.yaml")))
+    assert [len(g) for g in packs(overridden)] == [2] * 4
 
 
 @pytest.mark.parametrize("bad", [0, -2, "many", 1.5])
@@ -153,10 +155,10 @@ def test_cells_that_differ_in_more_than_lr_and_seed_do_not_pack():
 def test_packed_sweep_through_ray_then_rerun_only_unfinished_members(tmp_path, capsys):
     """`bnsweep run` with pack 2: one trial per pack writes its members' results; a lost member alone runs again."""
     import polars as pl
+    from conftest import write_spec
 
     from bnsweep.cli import main
     from bnsweep.records import Store
-    from conftest import write_spec
 
     grid = {**TINY_DLN, "norm": ["batch", "noisy_batch"]}
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[grid], execution={"pack": 2}))
