@@ -5,6 +5,7 @@
 For each K: K cells (lr and seed differ) trained by `train_pack` as one pack, and the same K cells by
 `train_cell` one after another; alternating, `--repeats` times; the median seconds of each and their
 ratio (sequential / packed: above 1 means packing wins). Evaluations only at the start and the end.
+The table is printed and written to bench/results/pack_<arch>_<norm>_<device>.txt.
 torch uses `--threads` threads (default 1, so the figure does not depend on how loaded the cores are).
 """
 
@@ -50,8 +51,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     train_cell(cells(a.arch, a.norm, 5, 1, a.device)[0])  # warm-up: data load, first-call costs
     train_pack(cells(a.arch, a.norm, 5, 2, a.device))
-    print(f"{a.arch} {a.norm}, {a.steps} steps, {a.threads} thread(s), {a.device}, median of {a.repeats}")
-    print(f"{'K':>3} {'packed s':>9} {'sequential s':>13} {'seq/packed':>11} {'ms/step/cell packed':>20}")
+    lines = [f"{a.arch} {a.norm}, {a.steps} steps, {a.threads} thread(s), {a.device}, median of {a.repeats}",
+             f"{'K':>3} {'packed s':>9} {'sequential s':>13} {'seq/packed':>11} {'ms/step/cell packed':>20}"]
+    print(*lines, sep="\n", flush=True)
     for k in a.ks:
         cs = cells(a.arch, a.norm, a.steps, k, a.device)
         packed, seq = [], []
@@ -64,7 +66,11 @@ def main() -> None:
                 train_cell(c)
             seq.append(time.perf_counter() - t0)
         p, s = statistics.median(packed), statistics.median(seq)
-        print(f"{k:>3} {p:>9.2f} {s:>13.2f} {s / p:>11.2f} {1000 * p / a.steps / k:>20.2f}", flush=True)
+        lines.append(f"{k:>3} {p:>9.2f} {s:>13.2f} {s / p:>11.2f} {1000 * p / a.steps / k:>20.2f}")
+        print(lines[-1], flush=True)
+    out = Path(__file__).resolve().parent / "results" / f"pack_{a.arch}_{a.norm}_{a.device}.txt"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

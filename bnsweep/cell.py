@@ -108,8 +108,9 @@ def run_pack(cells: list[CellConfig], store: Store, node_id: str = "local", devi
     if len(outs) == len(cells):
         return [outs[i] for i in range(len(cells))]
     todo = [i for i in range(len(cells)) if i not in outs]
-    if len(cells) == 1:
-        return [run_cell(cells[0], store, node_id, device)]
+    if len(todo) == 1:  # alone: the plain loop
+        outs[todo[0]] = run_cell(cells[todo[0]], store, node_id, device)
+        return [outs[i] for i in range(len(cells))]
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     ckpts = [store.checkpoint_path(c) for c in cells]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
@@ -24,7 +24,7 @@ from bnsweep.options import Options
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
 TRAIN_VERSION = 1
 
-DatasetSpec = Annotated[tuple(d.Spec for d in DATASETS.values()), Field(discriminator="name")]
+DatasetSpec = Annotated[Union[tuple(d.Spec for d in DATASETS.values())], Field(discriminator="name")]  # noqa: UP007
 
 ModelOptions = create_model(
     "ModelOptions", __base__=Options,

@@ -132,6 +132,8 @@ def test_pack_setting_and_identity(tmp_path, spec_file):
     assert [len(g) for g in packs(plain)] == [1] * len(plain)
     auto = expand(load_spec(spec_file({**base, "execution": {"pack": "auto"}}, "a.yaml")))
     assert {pack_size(c) for c in auto} == {1}  # auto on a CPU cell
+    on_gpu = auto[0].model_copy(update={"device": "auto", "resources": auto[0].resources.model_copy(update={"gpu": 1.0})})
+    assert pack_size(on_gpu) == 8 and on_gpu.cell_id == auto[0].cell_id
     over = {**TINY_DLN, "overrides": {**TINY_DLN["overrides"], "execution": {"pack": 2}}}
     overridden = expand(load_spec(spec_file(tiny_spec(tmp_path / "o", grids=[over]), "g.yaml")))
     assert [len(g) for g in packs(overridden)] == [2] * 4
