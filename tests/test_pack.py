@@ -76,6 +76,16 @@ def test_measurements_run_per_member(arch, norm):
     assert packed[0].measure_rows != packed[1].measure_rows  # each member measured itself
 
 
+@pytest.mark.parametrize("arch,norm", [("dln", "batch"), ("vgg_mini", "noisy_batch")])
+def test_momentum_and_weight_decay_as_torch_sgd(arch, norm):
+    """SGD with momentum and decay on the stack; measured steps hand the momentum to torch.optim.SGD and back."""
+    cells = [CellConfig.model_validate({**c.model_dump(by_alias=True),
+                                        "train": {**c.train.model_dump(), "momentum": 0.9, "weight_decay": 1e-3}})
+             for c in members(arch, norm, steps=20, eval_every=10, measure={"ics": {"every": 6, "layers": [2]}})]
+    for c, p in zip(cells, train_pack(cells, dtype=F64)):
+        same_result(train_cell(c, dtype=F64), p)
+
+
 class Stop(Exception):
     pass
 
