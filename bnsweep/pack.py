@@ -113,10 +113,10 @@ class Stack:
         self.states, self.momentum, self.weight_decay = states, momentum, weight_decay
         first = states[0].model
         dev = next(first.parameters()).device
-        self.params = {n: torch.stack([dict(s.model.named_parameters())[n].detach() for s in states]).requires_grad_()
-                       for n, _ in first.named_parameters()}
-        self.buffers = {n: torch.stack([dict(s.model.named_buffers())[n] for s in states])
-                        for n, _ in first.named_buffers()}
+        params = [dict(s.model.named_parameters()) for s in states]
+        buffers = [dict(s.model.named_buffers()) for s in states]
+        self.params = {n: torch.stack([p[n].detach() for p in params]).requires_grad_() for n in params[0]}
+        self.buffers = {n: torch.stack([b[n] for b in buffers]) for n in buffers[0]}
         self.bufs = {n: torch.zeros_like(p) for n, p in self.params.items()} if momentum else {}
         self.started = torch.zeros(len(states), dtype=torch.bool, device=dev)  # has a momentum buffer (SGD's 1st step)
         dtype = next(iter(self.params.values())).dtype
@@ -253,8 +253,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
     shapes = _noise_shapes(states[0].model, data.x_train[: states[0].order.b]) if noisy else {}
     order = [n for n in shapes]  # noisy norms in call order: the order an unpacked member draws their noise
     opts = cell.norm_options
-    active = torch.ones(K, dtype=torch.bool, device=dev)
-    live = list(range(K))
+    live = list(range(K))  # members still training
 
     def member(params, buffers, x, y, noise):
         for name, sm in zip(order, noise):
@@ -273,7 +272,6 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
 
     def end(k: int) -> None:
         live.remove(k)
-        active[k] = False
         finish(results[k], states[k], spent(k), t.steps, classification)
         if finished is not None:
             finished(k, results[k])

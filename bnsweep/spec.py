@@ -106,7 +106,7 @@ class Grid(Options):
     norm: list[str] = Field(min_length=1, description=f"Normalisation variants: {', '.join(NORMS)}.")
     lr: list[PositiveFloat] = Field(min_length=1, description="Learning rates (0.1 for VGG, 1e-6 for the DLN in the paper [P]).")
     seed: list[NonNegativeInt] = Field([0], min_length=1, description="Seeds: initialisation, batch order and noise.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources), merged over the top level.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources, measure, execution, ...), merged over the top level.")
 
     @field_validator("arch")
     @classmethod
