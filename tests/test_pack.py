@@ -200,3 +200,36 @@ def test_packed_sweep_through_ray_then_rerun_only_unfinished_members(tmp_path, c
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the finished members were not run again
     again = {c["cell_id"]: c for c in store.read("cells", "tiny").to_pylist()}
     assert again[lost]["status"] == "done" and again[lost]["pack_size"] == 1
+
+
+class Crash(BaseException):
+    """The process dies (not an exception a trial records as `failed`)."""
+
+
+def test_pack_killed_then_rerun_resumes_only_the_unfinished_member(tmp_path):
+    from bnsweep.cell import run_pack
+    from bnsweep.records import Store
+
+    cells = [CellConfig.model_validate({**c.model_dump(by_alias=True), "checkpoint_every": 10})
+             for c in members("dln", "none", steps=50, eval_every=25, lrs=[1e-4, 1e-1], seeds=[0, 2])]
+
+    class Dying(Store):
+        def put(self, path, data):
+            super().put(path, data)
+            if path == self.checkpoint_path(cells[0]) and TrainState.read(data)["step"] == 30:
+                raise Crash
+
+    with pytest.raises(Crash):
+        run_pack(cells, Dying(str(tmp_path / "out")))
+    store = Store(str(tmp_path / "out"))
+    first = {c["cell_id"]: c for c in store.read("cells", "t").to_pylist()}
+    assert list(first) == [cells[1].cell_id] and first[cells[1].cell_id]["status"] == "diverged"  # written at once
+    assert first[cells[1].cell_id]["pack_size"] == 2 and first[cells[1].cell_id]["pack_index"] == 1
+    diverged_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob(f"{cells[1].cell_id}.parquet")}
+
+    outs = run_pack(cells, store)  # a retried trial: the finished member is left alone
+    assert [o["status"] for o in outs] == ["done", "diverged"]
+    assert all(p.stat().st_mtime_ns == t for p, t in diverged_files.items())
+    again = {c["cell_id"]: c for c in store.read("cells", "t").to_pylist()}
+    assert again[cells[0].cell_id]["resumed_from"] == 30 and again[cells[0].cell_id]["steps_done"] == 50
+    assert store.get(store.checkpoint_path(cells[0])) is None
