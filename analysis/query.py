@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analysis import load
+from analysis import load, sqlguard
 from bnsweep.errors import UserError
 from bnsweep.layout import DIVERGED, DONE, FAILED, KEY_NAMES, TABLES
 
@@ -35,11 +35,14 @@ def _one_line(e: BaseException, output: str) -> str:
     return f"query failed: {msg}"
 
 
-def sql(output: str, query: str) -> pl.DataFrame:
-    """The result of `query` over every table under `output`; a bad query raises UserError in one line."""
+def sql(output: str, query: str, limit: int | None = None) -> pl.DataFrame:
+    """The result of `query` over every table under `output` (its first `limit` rows only, if given: the
+    rest is never computed); a bad query, or one that would read or write files, raises UserError in one line."""
+    sqlguard.check(query, load.TABLES)
     ctx = context(output)
     try:
-        return ctx.execute(query).collect()
+        result = ctx.execute(query)
+        return (result.limit(limit) if limit is not None else result).collect()
     except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
         raise UserError(_one_line(e, output)) from None
 

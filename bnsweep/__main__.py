@@ -1,3 +1,10 @@
-from bnsweep.cli import main
+import sys
 
-raise SystemExit(main())
+try:
+    from bnsweep.cli import main
+
+    status = main()
+except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (while importing): no traceback
+    print("\ninterrupted", file=sys.stderr)
+    status = 130
+raise SystemExit(status)

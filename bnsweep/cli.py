@@ -10,15 +10,7 @@ import json
 import sys
 
 from bnsweep.errors import UserError
-
-
-def _check_data(cells) -> None:
-    from bnsweep.data import DATASETS
-
-    for spec in {c.dataset for c in cells}:
-        msg = DATASETS[spec.name].missing(spec)
-        if msg and not getattr(spec, "download", False):
-            raise UserError(msg)
+from bnsweep.limits import MAX_CELLS, short
 
 
 def _summary(cells, output: str) -> str:
@@ -43,12 +35,16 @@ def _summary(cells, output: str) -> str:
 
 def cmd_run(args) -> int:
     from bnsweep import runner
+    from bnsweep.data import ensure_data
     from bnsweep.records import Store
     from bnsweep.specfile import load_cells
 
-    spec, cells = load_cells(args.spec)
-    _check_data(cells)
-    outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent)
+    from bnsweep.interrupt import StopOnInterrupt
+
+    spec, cells = load_cells(args.spec, args.max_cells)
+    ensure_data(c.dataset for c in cells)
+    with StopOnInterrupt():
+        outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent)
     if outcome.total == 0:
         print("nothing to run: every cell already has a result")
     print(f"\nsweep {spec.name}: final metrics over seeds (mean ± sd over finished seeds, n = seeds)")
@@ -64,30 +60,37 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bnsweep.specfile import load_cells
+    from bnsweep.data import ensure_data
+    from bnsweep.specfile import stream_cells
 
-    spec, cells = load_cells(args.spec)
-    _check_data(cells)
-    print(f"ok: {args.spec}: sweep {spec.name!r}, {len(spec.grid)} grid(s), {len(cells)} cells, output {spec.output}")
+    spec, n, cells = stream_cells(args.spec, args.max_cells)
+    datasets = {c.dataset for c in cells}  # one cell at a time: only the distinct data sets are kept
+    ensure_data(datasets)
+    print(f"ok: {args.spec}: sweep {spec.name!r}, {len(spec.grid)} grid(s), {n} cells, output {spec.output}")
     return 0
 
 
 def cmd_plan(args) -> int:
+    from collections import Counter
+
     from bnsweep.console import text_table
     from bnsweep.records import Store
-    from bnsweep.specfile import load_cells
+    from bnsweep.specfile import stream_cells
 
-    spec, cells = load_cells(args.spec)
+    spec, n_cells, cells = stream_cells(args.spec, args.max_cells)
     status = {r["cell_id"]: r["status"] for r in Store(spec.output).read("cells", spec.name).to_pylist()}
-    rows = [{"cell_id": c.cell_id, "arch": c.arch, "norm": c.norm, "lr": f"{c.lr:g}", "seed": c.seed,
-             "dataset": c.dataset.name, "steps": c.train.steps, "batch": c.train.batch_size,
-             "cpu": f"{c.resources.cpu:g}", "gpu": f"{c.resources.gpu:g}", "status": status.get(c.cell_id, "pending")}
-            for c in cells]
+    rows, needs = [], Counter()
+    for c in cells:  # one config at a time: only its printed row is kept
+        rows.append({"cell_id": c.cell_id, "arch": c.arch, "norm": c.norm, "lr": f"{c.lr:g}", "seed": c.seed,
+                     "dataset": c.dataset.name, "steps": c.train.steps, "batch": c.train.batch_size,
+                     "cpu": f"{c.resources.cpu:g}", "gpu": f"{c.resources.gpu:g}",
+                     "status": status.get(c.cell_id, "pending")})
+        needs[c.resources] += 1
     print(text_table(rows))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "diverged", "failed", "pending")}
-    print(f"\n{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    for r in sorted({c.resources for c in cells}, key=lambda r: (r.cpu, r.gpu)):
-        n = sum(c.resources == r for c in cells)
+    counts = Counter(r["status"] for r in rows)
+    print(f"\n{n_cells} cells: " + ", ".join(f"{counts[s]} {s}" for s in ("done", "diverged", "failed", "pending")))
+    for r in sorted(needs, key=lambda r: (r.cpu, r.gpu)):
+        n = needs[r]
         print(f"{n} cells need cpu={r.cpu:g}, gpu={r.gpu:g} each (total {n * r.cpu:g} CPU, {n * r.gpu:g} GPU if run at once)")
     return 0
 
@@ -113,7 +116,10 @@ def cmd_schema(args) -> int:
 
 def cmd_report(args) -> int:
     from analysis import report
+    from bnsweep import destinations
 
+    if args.dest is not None:
+        destinations.folder(args.dest)
     for written in report.write(args.output, args.dest, spec=args.spec):
         print(f"{written.line()}")
         for name, why in written.skipped.items():
@@ -123,14 +129,23 @@ def cmd_report(args) -> int:
 
 def cmd_query(args) -> int:
     from analysis import query
+    from bnsweep import destinations
     from bnsweep.console import frame_table
 
-    result = query.sql(args.output, args.sql)
-    if args.format == "table":
-        text = frame_table(result, args.max_rows)
+    if args.file:
+        destinations.file(args.file)
+    table = args.format == "table"
+    limit = args.max_rows + 1 if table and args.max_rows else None  # one row more tells whether there are more
+    result = query.sql(args.output, args.sql, limit)
+    if table:
+        more = limit is not None and len(result) == limit
+        text = frame_table(result.head(args.max_rows) if more else result, args.max_rows, more=more)
         if args.file:
-            with open(args.file, "w") as f:
-                f.write(text + "\n")
+            try:
+                with open(args.file, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                raise UserError(f"cannot write {args.file}: {e.strerror}") from None
         else:
             print(text)
         return 0
@@ -160,18 +175,47 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def _count(least: int):
+    """An argparse type: an integer of at least `least`, else the one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{short(text)} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least} (got {value})")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are the one-line `error: ...` of every other bad input (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _max_cells(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--max-cells", type=_count(1), default=MAX_CELLS,
+                   help=f"refuse a spec of more cells than this, counted before expansion (default {MAX_CELLS:,})")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.")
+    p = _Parser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run every cell of a sweep that has no result yet")
     r.add_argument("spec", help="sweep YAML file")
     r.add_argument("--address", help="Ray cluster to join (e.g. auto); default: embedded local Ray")
-    r.add_argument("--max-concurrent", type=int, default=None, help="at most this many cells at once")
+    r.add_argument("--max-concurrent", type=_count(1), default=None,
+                   help="at most this many cells at once (default: as many as fit)")
+    _max_cells(r)
     r.set_defaults(fn=cmd_run)
     for name, fn, text in (("validate", cmd_validate, "check a sweep file and its data; runs nothing"),
                            ("plan", cmd_plan, "list a sweep's cells, their status and resources; runs nothing")):
         c = sub.add_parser(name, help=text)
         c.add_argument("spec", help="sweep YAML file")
+        _max_cells(c)
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="print the sweep file's JSON Schema").set_defaults(fn=cmd_schema)
     cl = sub.add_parser("cluster", help="cluster files for `ray up`").add_subparsers(dest="action", required=True)
@@ -188,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("sql", help='e.g. "SELECT status, count(*) FROM steps JOIN cells USING (cell_id) GROUP BY status"')
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     q.add_argument("-o", dest="file", help="write to FILE instead of stdout")
-    q.add_argument("--max-rows", type=int, default=50, help="rows printed by --format table (default 50; 0: all)")
+    q.add_argument("--max-rows", type=_count(0), default=50, help="rows printed by --format table (default 50; 0: all)")
     q.set_defaults(fn=cmd_query)
     ls = sub.add_parser("ls", help="list an output's sweeps and cells with status and wall time")
     ls.add_argument("output", help="a sweep's output folder")
@@ -197,7 +241,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # a bad argument (its one line is printed) or --help: the status, also in-process
+        return int(e.code or 0)
     try:
         return args.fn(args)
     except UserError as e:

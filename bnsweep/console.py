@@ -32,9 +32,16 @@ def text_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
-def frame_table(df, max_rows: int | None = 50) -> str:
-    """A Polars DataFrame as a text table (floats to 3 significant digits); at most `max_rows` rows (0 or None: all)."""
+def frame_table(df, max_rows: int | None = 50, more: bool = False) -> str:
+    """A Polars DataFrame as a text table (floats to 3 significant digits); at most `max_rows` rows (0 or None: all).
+
+    `more`: `df` holds the first rows of a longer result whose length was never computed.
+    """
     shown = df.head(max_rows) if max_rows else df
+    if more:
+        text = frame_table(shown, None).rsplit("\n", 1)[0]
+        n = len(shown)
+        return text + f"\n(more than {n} rows; the first {n} shown: use --max-rows 0, LIMIT, or --format csv)"
     rows = [{k: fmt(v) if isinstance(v, float) else ("-" if v is None else v) for k, v in r.items()} for r in shown.iter_rows(named=True)]
     text = text_table(rows, df.columns) if rows else text_table([dict.fromkeys(df.columns, "")], df.columns).rsplit("\n", 1)[0]
     if len(shown) < len(df):

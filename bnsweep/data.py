@@ -14,12 +14,12 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bnsweep.errors import UserError
 from bnsweep.options import Options
 
-DIGITS = 1797  # samples in scikit-learn's bundled digits set
+DIGITS_IMAGES = 1797  # scikit-learn's load_digits()
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -122,6 +122,13 @@ class DigitsSpec(Options):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the 1797 images held out for test.")
     split_seed: int = Field(0, ge=0, description="Seed of the fixed train/test split (the same for every cell).")
 
+    @field_validator("test_fraction")
+    @classmethod
+    def _both_splits_hold_images(cls, v: float) -> float:
+        if not 1 <= round(DIGITS_IMAGES * v) < DIGITS_IMAGES:
+            raise ValueError(f"leaves an empty train or test split of the {DIGITS_IMAGES} images (got {v:g})")
+        return v
+
 
 class Digits:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes): real data, offline."""
@@ -131,7 +138,8 @@ class Digits:
 
     @staticmethod
     def info(spec: DigitsSpec) -> DatasetInfo:
-        return DatasetInfo("digits", (1, 8, 8), 10, "classification", DIGITS - round(DIGITS * spec.test_fraction))
+        train = DIGITS_IMAGES - round(DIGITS_IMAGES * spec.test_fraction)  # as load() splits
+        return DatasetInfo("digits", (1, 8, 8), 10, "classification", train)
 
     @staticmethod
     def missing(spec: DigitsSpec) -> str | None:
@@ -197,10 +205,21 @@ DATASETS: dict[str, type] = {
 }
 
 
+def ensure_data(specs, fetch: bool = False) -> None:
+    """The one check of a sweep's data, in the driver before anything runs: every data set is present
+    or may be downloaded (`download: true`), else a UserError; with `fetch`, download what is missing."""
+    for spec in set(specs):
+        msg = DATASETS[spec.name].missing(spec)
+        if msg and not getattr(spec, "download", False):
+            raise UserError(msg)
+        if fetch:
+            DATASETS[spec.name].prepare(spec)
+
+
 @functools.lru_cache(maxsize=2)
 def load_data(spec: Options, device: str) -> Data:
     """The dataset described by `spec`, on `device`; cached so a reused worker loads it once."""
     ds = DATASETS[spec.name]
-    ds.prepare(spec)
+    ds.prepare(spec)  # on a worker of another node the driver's download is not on this disk
     xtr, ytr, xte, yte = (t.to(device) for t in ds.load(spec))
     return Data(ds.info(spec), xtr, ytr, xte, yte)

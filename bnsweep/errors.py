@@ -15,21 +15,32 @@ class UserError(Exception):
 
 def unknown(kind: str, name: object, known: "list[str] | tuple[str, ...]") -> UserError:
     """The error for a name missing from a registry: lists every known name."""
-    return UserError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+    from bnsweep.limits import short
+
+    return UserError(f"unknown {kind} {short(name)}; known: {', '.join(sorted(known))}")
+
+
+MAX_PARTS = 5  # errors named in one message: a list of 10^5 bad values gives one line, not 10^5
 
 
 def _where(loc: tuple) -> str:
     """('grid', 0, 'lr', 1) -> 'grid[0].lr[1]'."""
+    from bnsweep.limits import short
+
     out = ""
     for part in loc:
+        if not isinstance(part, int) and not (str(part).isprintable() and len(str(part)) <= 80):
+            part = short(str(part))  # a key of a hostile file: no newlines, no megabytes
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
 
 def validation_error(e, prefix: tuple = ()) -> UserError:
-    """A pydantic ValidationError as one line: every bad field with what was wrong and what it got."""
-    parts = []
-    for err in e.errors(include_url=False):
+    """A pydantic ValidationError as one line: every bad field with what was wrong and what it got (cut short)."""
+    from bnsweep.limits import short
+
+    parts, errors = [], e.errors(include_url=False)
+    for err in errors[:MAX_PARTS]:
         loc = prefix + tuple(err["loc"])
         msg, kind = err["msg"].removeprefix("Value error, "), err["type"]
         if kind == "extra_forbidden":
@@ -37,13 +48,14 @@ def validation_error(e, prefix: tuple = ()) -> UserError:
             msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         elif kind == "union_tag_invalid":
             ctx = err["ctx"]
-            msg = f"unknown {loc[-1]} {ctx['tag']!r}; known: {ctx['expected_tags'].replace(chr(39), '')}"
+            msg = f"unknown {loc[-1]} {short(ctx['tag'])}; known: {ctx['expected_tags'].replace(chr(39), '')}"
         elif kind == "too_short":
-            msg = f"must list at least {err['ctx']['min_length']} value (got {err['input']!r})"
+            msg = f"must list at least {err['ctx']['min_length']} value (got {short(err['input'])})"
         elif kind not in ("missing", "value_error", "assertion_error") and loc:
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {short(err['input'])})"
         parts.append(f"{_where(loc)}: {msg}" if loc else msg)
-    return UserError("; ".join(parts))
+    more = f"; and {len(errors) - MAX_PARTS} more errors" if len(errors) > MAX_PARTS else ""
+    return UserError("; ".join(parts) + more)
 
 
 def _models_in(annotation, depth: int = 4) -> list:

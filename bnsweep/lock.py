@@ -94,7 +94,11 @@ class RunLock:
             self.store.remove(self.path)
 
     def __enter__(self) -> RunLock:
-        self.acquire()
+        try:
+            self.acquire()
+        except BaseException:  # Ctrl-C between writing the lock and reading it back: take it away again
+            self.release()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from bnsweep import interrupt
 from bnsweep.cell import run_pack
-from bnsweep.data import DATASETS
+from bnsweep.data import ensure_data
 from bnsweep.errors import UserError
 from bnsweep.layout import STATUSES
 from bnsweep.lock import RunLock
@@ -33,6 +34,7 @@ RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # no experiment banner: bnsweep prints its own progress
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial CSV/JSON/TensorBoard: Parquet is the record
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Ctrl-C is bnsweep.interrupt's: stop now, not after a last Tune snapshot
 }
 
 
@@ -58,6 +60,20 @@ def _trial(config: dict) -> None:
     counts = {f"n_{s}": sum(o["status"] == s for o in outs) for s in STATUSES}  # Tune reserves `done`
     tune.report({"status": outs[0]["status"] if len(outs) == 1 else "pack", **counts,
                  "wall_s": max(o["wall_s"] for o in outs)})
+
+
+def _stopper():
+    """Ends Tune's loop once Ctrl-C was pressed, should the KeyboardInterrupt itself have been swallowed."""
+    from ray import tune
+
+    class StopOnRequest(tune.Stopper):
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return interrupt.requested()
+
+    return StopOnRequest()
 
 
 def _clock(s: float) -> str:
@@ -177,12 +193,6 @@ def pending_cells(cells: list[CellConfig], store: Store) -> list[CellConfig]:
     return [c for c in cells if c.cell_id not in finished]
 
 
-def prepare_data(cells: list[CellConfig]) -> None:
-    """Fetch or check each data set once, in the driver, before any trial starts."""
-    for spec in {c.dataset for c in cells}:
-        DATASETS[spec.name].prepare(spec)
-
-
 def _connect(address: str | None):
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
@@ -224,11 +234,12 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
     last checkpoint in the output store.
     """
     store = Store(output)
-    ray = None
+    ray, ours = None, False  # ours: ray.init was called here (it may have been interrupted half-way)
     try:
         if address is None:
             check_resources(cells, [local_node()], "this machine")
         else:
+            ours = True
             ray = _connect(address)
             nodes = cluster_nodes(ray)
             check_resources(cells, nodes + autoscaler_node_types(), f"the cluster at {address}")
@@ -240,13 +251,27 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
             print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
             if not todo:
                 return outcome
-            prepare_data(todo)
-            ray = ray or _connect(None)
-            _fit(ray, todo, store, outcome, max_concurrent, max_failures)
+            try:
+                ensure_data((c.dataset for c in todo), fetch=True)
+                ours = True
+                ray = ray or _connect(None)
+                if interrupt.requested():  # a Ctrl-C that Ray's start-up swallowed
+                    raise KeyboardInterrupt
+                _fit(ray, todo, store, outcome, max_concurrent, max_failures)
+            except KeyboardInterrupt:  # Ctrl-C (bnsweep.interrupt): Ray stops first, then the lock is released
+                outcome.interrupted = True
+                if ours:
+                    _shutdown()
             return outcome
     finally:
-        if ray is not None:
-            ray.shutdown()
+        if ours:
+            _shutdown()
+
+
+def _shutdown() -> None:
+    """Stop what ray.init started, also when it was interrupted half-way (no handle returned yet)."""
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
 
 
 def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concurrent: int | None, max_failures: int) -> None:
@@ -265,6 +290,7 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda t: t.config["cell"]["id"]),
             run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress],
+                                      stop=_stopper(),
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )
         grid = tuner.fit()
@@ -277,6 +303,6 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
                 got["failed"] = n
             for status, k in got.items():
                 setattr(outcome, status, getattr(outcome, status) + k)
-        outcome.interrupted = outcome.done + outcome.diverged + outcome.failed < len(todo)
+        outcome.interrupted = outcome.done + outcome.diverged + outcome.failed < len(todo) or interrupt.requested()
     finally:
         shutil.rmtree(tune_dir, ignore_errors=True)

@@ -7,15 +7,19 @@ imports Ray, so bad input fails before any worker starts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
-from typing import Annotated, Any, Literal, Union
+import math
+from collections import Counter
+from typing import Annotated, Any, Iterator, Literal, Union
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, PositiveFloat, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
-from bnsweep.data import DATASETS
+from bnsweep.data import DATASETS, DatasetInfo
 from bnsweep.errors import UserError, register_model, unknown, validation_error
+from bnsweep.limits import MAX_CELLS, MAX_DATA_ELEMENTS, MAX_NAME, MAX_SEED, MAX_STEPS, short
 from bnsweep.measure import MeasureSpec, layered
 from bnsweep.models import MODEL_FAMILIES, MODELS, count_weight_layers
 from bnsweep.norms import NORMS
@@ -39,7 +43,7 @@ NormOptions = create_model(
 class TrainSpec(Options):
     """Plain SGD with a constant learning rate [P: 'standard SGD', 'fixed learning rate']."""
 
-    steps: int | None = Field(None, gt=0, description="SGD steps per cell; unset: the architecture's protocol (15,000 for VGG [P]; 10,000 for the DLN [P]).")
+    steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="SGD steps per cell; unset: the architecture's protocol (15,000 for VGG [P]; 10,000 for the DLN [P]).")
     batch_size: int | None = Field(None, gt=0, description="Samples per step; unset: the architecture's protocol (128 for VGG [P]; the whole training set, full-batch gradient descent, for the DLN [P]).")
     eval_every: int = Field(1000, ge=0, description="Steps between full train/test evaluations (about every 1k in Fig. 1 [P]); 0 = only at the start and the end.")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum; 0 in the paper [I].")
@@ -93,9 +97,9 @@ class Settings(Options):
 
 
 def _unique(kind: str, values: list) -> list:
-    dupes = sorted({v for v in values if values.count(v) > 1}, key=str)
+    dupes = sorted((v for v, n in Counter(values).items() if n > 1), key=str)  # linear: Counter, not list.count
     if dupes:
-        raise ValueError(f"duplicate {kind} values {dupes}; each value may appear once")
+        raise ValueError(f"duplicate {kind} values {short(dupes)}; each value may appear once")
     return values
 
 
@@ -105,7 +109,8 @@ class Grid(Options):
     arch: list[str] = Field(min_length=1, description=f"Architectures: {', '.join(MODELS)}.")
     norm: list[str] = Field(min_length=1, description=f"Normalisation variants: {', '.join(NORMS)}.")
     lr: list[PositiveFloat] = Field(min_length=1, description="Learning rates (0.1 for VGG, 1e-6 for the DLN in the paper [P]).")
-    seed: list[NonNegativeInt] = Field([0], min_length=1, description="Seeds: initialisation, batch order and noise.")
+    seed: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
+        [0], min_length=1, description=f"Seeds: initialisation, batch order and noise; 0 to {MAX_SEED:.0e}.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources, measure, execution, ...), merged over the top level.")
 
     @field_validator("arch")
@@ -134,7 +139,9 @@ class Grid(Options):
 class SweepSpec(Settings):
     """A sweep: a name, where its tables go, default settings, and one or more grids."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name; a partition value in every table.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
+                      description=f"Sweep name; a partition value in every table and a file name "
+                                  f"(at most {MAX_NAME} characters).")
     output: str = Field(description="Where the tables go: a local or shared path (later also s3://, gs://).")
     grid: list[Grid] = Field(min_length=1, description="A grid, or a list of grids whose cells are concatenated.")
 
@@ -142,6 +149,17 @@ class SweepSpec(Settings):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
+
+    @field_validator("output")
+    @classmethod
+    def _a_place(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a folder (got an empty string): it would write into the current directory")
+        if not v.isprintable():
+            raise ValueError(f"must be a printable path, without control characters or NUL (got {short(v)})")
+        if any(len(part.encode()) > 255 for part in v.split("/")):
+            raise ValueError(f"has a folder name longer than 255 bytes, which file systems refuse (got {short(v)})")
+        return v
 
     @model_validator(mode="after")
     def _has_dataset(self) -> SweepSpec:
@@ -197,7 +215,7 @@ class CellConfig(Options):
         d["train_version"] = TRAIN_VERSION
         return d
 
-    @property
+    @functools.cached_property  # hashed once per cell: plan and run ask for it several times
     def cell_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -222,41 +240,99 @@ def block_settings(spec: SweepSpec, i: int) -> Settings:
         raise validation_error(e, ("grid", i, "overrides")) from None
 
 
-def expand(spec: SweepSpec) -> list[CellConfig]:
-    """Every cell of every grid, in order; checks what needs the whole cell (data, devices)."""
-    cells: dict[str, CellConfig] = {}
+def count_cells(spec: SweepSpec) -> int:
+    """Cells the spec expands to, from the axis lengths alone: nothing is built."""
+    return sum(len(g.arch) * len(g.norm) * len(g.lr) * len(g.seed) for g in spec.grid)
+
+
+def check_count(spec: SweepSpec, max_cells: int = MAX_CELLS) -> int:
+    """The cell count, refused above `max_cells` before any cell is built."""
+    n = count_cells(spec)
+    if n > max_cells:
+        sizes = "; ".join(f"grid[{i}]: {len(g.arch)} arch x {len(g.norm)} norm x {len(g.lr)} lr x {len(g.seed)} seed"
+                          for i, g in enumerate(spec.grid[:3])) + ("; ..." if len(spec.grid) > 3 else "")
+        raise UserError(f"the spec expands to {n:,} cells ({sizes}); at most {max_cells:,} are allowed: "
+                        f"split the sweep, or raise the limit with --max-cells")
+    return n
+
+
+def trained(s: Settings, arch: str, info: DatasetInfo) -> TrainSpec:
+    """A block's training settings for `arch`, with what the spec leaves unset taken from the arch's protocol."""
+    protocol = MODELS[arch].protocol(info)
+    return s.train.model_copy(update={k: protocol[k] for k in ("steps", "batch_size") if getattr(s.train, k) is None})
+
+
+def _check_block(where: str, g: Grid, s: Settings) -> DatasetInfo:
+    """What needs a block's whole settings: data, devices, architectures, measured layers; returns the data's info."""
+    info = DATASETS[s.dataset.name].info(s.dataset)
+    if s.train.augment and DATASETS[s.dataset.name].augment is None:
+        raise UserError(f"{where}: train.augment: true is not supported for dataset {s.dataset.name!r}; datasets with augmentation: "
+                        + ", ".join(n for n, d in DATASETS.items() if d.augment is not None))
+    for arch in g.arch:
+        if (batch := trained(s, arch, info).batch_size) > info.train_size:
+            raise UserError(f"{where}: train.batch_size: {batch} is larger than the training set of dataset "
+                            f"{s.dataset.name!r} ({info.train_size} samples); at most {info.train_size}")
+    if (values := math.prod(info.input_shape) * info.train_size) > MAX_DATA_ELEMENTS:
+        raise UserError(f"{where}: dataset {s.dataset.name!r}: {values:,} training values; "
+                        f"at most {MAX_DATA_ELEMENTS:,} fit one device")
+    if s.device == "cuda" and s.resources.gpu == 0:
+        raise UserError(f"{where}: device: cuda needs resources.gpu > 0 (got gpu: 0)")
+    for arch in g.arch:
+        try:
+            MODELS[arch].check(arch, info)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        n = count_weight_layers(arch, getattr(s.model, MODELS[arch].family), info)
+        for name, layers in layered(s.measure):
+            if bad := [k for k in layers if not 1 <= k <= n]:
+                raise UserError(f"{where}: measure.{name}.layers: {short(bad)} out of range for arch {arch!r}, whose weight layers are #1..#{n}")
+    return info
+
+
+def _worker_accepts(cell: CellConfig, where: str) -> None:
+    """A worker re-reads each cell from JSON: refuse here what it would refuse there (one validation path)."""
+    try:
+        again = CellConfig.model_validate_json(cell.model_dump_json())
+    except ValidationError as e:
+        raise UserError(f"{where}: a cell does not survive the trip to a worker: {validation_error(e)}") from None
+    if again != cell:
+        raise UserError(f"{where}: a cell changes on the trip to a worker "
+                        f"(arch={cell.arch} norm={cell.norm} lr={cell.lr:g} seed={cell.seed})")
+
+
+def iter_cells(spec: SweepSpec) -> Iterator[CellConfig]:
+    """Every cell of every grid, in order, one at a time; checks what needs the whole cell (data, devices).
+
+    Duplicates across grids are found with a set of cell ids (linear in the cell count).
+    """
+    seen: set[str] = set()
     for i, g in enumerate(spec.grid):
+        checked: set[tuple[str, str]] = set()
         s = block_settings(spec, i)
         where = f"grid[{i}]" if len(spec.grid) > 1 else "grid"
-        info = DATASETS[s.dataset.name].info(s.dataset)
-        unset = {k for k in ("steps", "batch_size") if getattr(s.train, k) is None}
-        if s.train.augment and DATASETS[s.dataset.name].augment is None:
-            raise UserError(f"{where}: train.augment: true is not supported for dataset {s.dataset.name!r}; datasets with augmentation: "
-                            + ", ".join(n for n, d in DATASETS.items() if d.augment is not None))
-        if s.device == "cuda" and s.resources.gpu == 0:
-            raise UserError(f"{where}: device: cuda needs resources.gpu > 0 (got gpu: 0)")
-        for arch in g.arch:
-            try:
-                MODELS[arch].check(arch, info)
-            except UserError as e:
-                raise UserError(f"{where}: {e}") from None
-            n = count_weight_layers(arch, getattr(s.model, MODELS[arch].family), info)
-            for name, layers in layered(s.measure):
-                if bad := [k for k in layers if not 1 <= k <= n]:
-                    raise UserError(f"{where}: measure.{name}.layers: {bad} out of range for arch {arch!r}, whose weight layers are #1..#{n}")
+        info = _check_block(where, g, s)
+        train = {arch: trained(s, arch, info) for arch in g.arch}
         for arch, norm, lr, seed in itertools.product(g.arch, g.norm, g.lr, g.seed):
-            protocol = MODELS[arch].protocol(info)
             cell = CellConfig(
                 sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
                 model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
-                train=s.train.model_copy(update={k: protocol[k] for k in unset}),
-                device=s.device, resources=s.resources, measure=s.measure,
+                train=train[arch], device=s.device, resources=s.resources, measure=s.measure,
                 checkpoint_every=s.checkpoint_every, execution=s.execution,
             )
-            if cell.cell_id in cells:
+            if (arch, norm) not in checked:  # settings are shared per (arch, norm): one cell each shows the round trip holds
+                _worker_accepts(cell, where)
+                checked.add((arch, norm))
+            cid = cell.cell_id
+            if cid in seen:
                 raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")
-            cells[cell.cell_id] = cell
-    return list(cells.values())
+            seen.add(cid)
+            yield cell
+
+
+def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[CellConfig]:
+    """Every cell of every grid, in order, after checking the count from the axis lengths."""
+    check_count(spec, max_cells)
+    return list(iter_cells(spec))
 
 
 # Packing: cells that differ only in lr and seed train together as one program (bnsweep/pack.py).

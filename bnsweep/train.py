@@ -63,7 +63,9 @@ class BatchOrder:
     """Seeded epochs: a fresh permutation of the training set each epoch, sliced into batches."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device):
-        self.n, self.b, self.g, self.device = n, min(batch_size, n), generator, device
+        if not 0 < batch_size <= n:  # spec.expand refuses this first; never train on another batch than recorded
+            raise ValueError(f"batch_size {batch_size} does not fit a training set of {n} samples")
+        self.n, self.b, self.g, self.device = n, batch_size, generator, device
         self.perm, self.pos = None, n
 
     def next(self) -> torch.Tensor:

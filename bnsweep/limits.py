@@ -1,0 +1,30 @@
+"""The stated bounds on a sweep file, in one place (README "Limits" lists them).
+
+Each bound is what a later stage can hold, checked before anything runs or is written:
+seeds feed `torch.Generator.manual_seed(seed * 1000 + stream)` (an unsigned 64-bit value) and
+Parquet int64 columns; steps size two float64 tensors and one steps-table row each; names become
+file names (`<output>/_locks/<name>.json`, `sweep=<name>/`), which most file systems cap at 255 bytes.
+"""
+
+from __future__ import annotations
+
+MAX_SEED = 10**15  # seed * 1000 + stream fits manual_seed (< 2**64), int64 columns, and float64 exactly (< 2**53)
+MAX_STEPS = 10**6  # 66x the paper's 15,000; 16 MB of per-step tensors and 10^6 steps rows per cell
+MAX_INT = 2**63 - 1  # every integer of a spec ends up in an int64 column or a torch seed
+MAX_NAME = 200  # bytes; file names hold 255, and the lock and partition names add up to 10
+MAX_DATA_ELEMENTS = 10**9  # gaussian_regression dim * (samples + test_samples): 4 GB of float32 on one device
+
+MAX_SPEC_BYTES = 10 * 2**20  # a sweep file is read whole
+MAX_YAML_NODES = 10**6  # scalars + collections after every alias is expanded (a billion-laughs file needs 10^9)
+MAX_YAML_DEPTH = 100  # nesting of collections; a spec needs about 6
+MAX_CELLS = 100_000  # default for --max-cells: the product of the axis lengths, summed over grids
+MAX_ERROR_VALUE = 80  # characters of a bad value quoted in an error message
+
+
+def short(value: object, limit: int = MAX_ERROR_VALUE) -> str:
+    """repr(value), cut to `limit` characters with a note of how long it was: errors never echo huge input."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} items" if isinstance(value, (list, tuple, dict, set)) else f"{len(text)} characters"
+    return f"{text[:limit]}... ({size})"
