@@ -12,13 +12,16 @@ import socket
 import time
 import traceback
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 import bnsweep
-from bnsweep.layout import RESULT_TABLES
+from bnsweep.layout import RESULT, RESULT_TABLES
+from bnsweep.pack import train_pack
 from bnsweep.records import Store, cells_row, columns, table
 from bnsweep.spec import CellConfig
-from bnsweep.train import TrainState, train_cell
+from bnsweep.train import TrainResult, TrainState, train_cell
 
 
 def provenance(device: str, node_id: str) -> dict:
@@ -60,6 +63,12 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
     except Exception as e:  # the sweep goes on; the cell runs again next time
         error = f"{type(e).__name__}: {e}"[:2000]
         traceback.print_exc()
+    return write_result(cell, store, res, error, started, t0, node_id)
+
+
+def write_result(cell: CellConfig, store: Store, res: TrainResult | None, error: str | None, started: dt.datetime,
+                 t0: float, node_id: str, pack: tuple[int, int] = (1, 0)) -> dict:
+    """Write a trained (or failed) cell's tables, its `cells` row last, and remove its checkpoint."""
     if res is not None:
         store.write("steps", cell, table("steps", cell, res.steps))
         store.write("evals", cell, table("evals", cell, columns(res.evals, "evals")))
@@ -69,7 +78,60 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
         for name in RESULT_TABLES:
             store.delete(name, cell)
     wall_s = time.perf_counter() - t0
-    row = cells_row(cell, res, started, wall_s, provenance(res.device if res else cell.device, node_id), error)
+    row = cells_row(cell, res, started, wall_s, provenance(res.device if res else cell.device, node_id), error, pack)
     store.write("cells", cell, table("cells", cell, {k: [v] for k, v in row.items()}))
-    store.remove(ckpt)
+    store.remove(store.checkpoint_path(cell))
     return {"cell_id": cell.cell_id, "status": row["status"], "wall_s": row["wall_s"], "error": error}
+
+
+def has_result(store: Store, cell: CellConfig) -> str | None:
+    """The status of `cell`'s `cells` row if it holds a result (done or diverged), else None."""
+    blob = store.get(store.path("cells", cell))
+    if blob is None:
+        return None
+    try:
+        status = pq.read_table(pa.BufferReader(blob), columns=["status"]).column("status")[0].as_py()
+    except (pa.ArrowException, OSError, KeyError, IndexError):
+        return None
+    return status if status in RESULT else None
+
+
+def run_pack(cells: list[CellConfig], store: Store, node_id: str = "local", device: str | None = None) -> list[dict]:
+    """Train a pack (cells equal but for lr and seed) as one program and write each member's rows as it ends.
+
+    Each member resumes from its own checkpoint; members whose checkpoints are at different steps (a pack
+    re-formed after a crash) train as one pack per step, one after another. A Python exception marks the
+    members still unfinished `failed`. A pack of one is `run_cell`.
+    """
+    outs: dict[int, dict] = {i: {"cell_id": c.cell_id, "status": s, "wall_s": 0.0, "error": None}  # a retried
+                             for i, c in enumerate(cells) if (s := has_result(store, c))}  # trial's finished members
+    if len(outs) == len(cells):
+        return [outs[i] for i in range(len(cells))]
+    todo = [i for i in range(len(cells)) if i not in outs]
+    if len(todo) == 1:  # alone: the plain loop
+        outs[todo[0]] = run_cell(cells[todo[0]], store, node_id, device)
+        return [outs[i] for i in range(len(cells))]
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    ckpts = [store.checkpoint_path(c) for c in cells]
+    resumes = [load_checkpoint(store, p) if c.checkpoint_every and i in todo else None
+               for i, (c, p) in enumerate(zip(cells, ckpts))]
+    groups: dict[int, list[int]] = {}
+    for i in todo:
+        groups.setdefault((resumes[i] or {}).get("step", 0), []).append(i)
+    for members in groups.values():
+        def finished(j: int, res: TrainResult, members=members) -> None:
+            i = members[j]
+            outs[i] = write_result(cells[i], store, res, None, started, t0, node_id, (len(members), j))
+
+        try:
+            train_pack([cells[i] for i in members], device=device, resumes=[resumes[i] for i in members],
+                       checkpoints=[lambda blob, p=ckpts[i]: store.put(p, blob) for i in members],
+                       checkpoint_every=cells[0].checkpoint_every, finished=finished)
+        except Exception as e:  # the sweep goes on; the unfinished members run again next time
+            error = f"{type(e).__name__}: {e}"[:2000]
+            traceback.print_exc()
+            for j, i in enumerate(members):
+                if i not in outs:
+                    outs[i] = write_result(cells[i], store, None, error, started, t0, node_id, (len(members), j))
+    return [outs[i] for i in range(len(cells))]

@@ -35,6 +35,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("status", pa.string()),  # done | diverged | failed
         ("steps_done", pa.int64()), ("diverged_step", pa.int64()), ("error", pa.string()),
         ("resumed_from", pa.int64()),  # step at which a checkpoint of an interrupted attempt was resumed
+        ("pack_size", pa.int64()), ("pack_index", pa.int64()),  # cells trained together in its trial; its place there
         ("started_at", _ts), ("finished_at", _ts), ("wall_s", pa.float64()),
         ("train_s", pa.float64()), ("eval_s", pa.float64()),
         ("node_id", pa.string()), ("hostname", pa.string()), ("device", pa.string()),

@@ -42,8 +42,10 @@ def columns(rows: list[dict], name: str) -> dict[str, list]:
     return {f.name: [r.get(f.name) for r in rows] for f in SCHEMAS[name] if f.name not in KEY_NAMES}
 
 
-def cells_row(cell, res, started: dt.datetime, wall_s: float, provenance: dict, error: str | None) -> dict:
-    """The `cells` row of `cell` (a CellConfig) after training gave `res` (a TrainResult, or None if it failed)."""
+def cells_row(cell, res, started: dt.datetime, wall_s: float, provenance: dict, error: str | None,
+              pack: tuple[int, int] = (1, 0)) -> dict:
+    """The `cells` row of `cell` (a CellConfig) after training gave `res` (a TrainResult, or None if it failed);
+    `pack`: (size of the pack it trained in, its index there)."""
     t = cell.train
     return {
         "dataset": cell.dataset.name, "steps": t.steps, "batch_size": t.batch_size,
@@ -52,6 +54,7 @@ def cells_row(cell, res, started: dt.datetime, wall_s: float, provenance: dict, 
         "steps_done": len(res.steps["step"]) if res else 0,
         "diverged_step": res.diverged_step if res else None, "error": error,
         "resumed_from": res.resumed_from if res else None,
+        "pack_size": pack[0], "pack_index": pack[1],
         "started_at": started, "finished_at": started + dt.timedelta(seconds=wall_s), "wall_s": wall_s,
         "train_s": res.train_s if res else None, "eval_s": res.eval_s if res else None,
         **provenance,

@@ -1,4 +1,5 @@
-"""Ray Tune backend: one trial per pending cell, resources from the spec, progress on the terminal.
+"""Ray Tune backend: one trial per pack of pending cells (a pack of one by default), resources from the spec,
+progress on the terminal.
 
 Only this module imports Ray. Which cells are pending is decided from the `cells` table, not
 from Tune's experiment state, so a re-run (after a finish, a crash or a SIGKILL) runs exactly
@@ -15,13 +16,14 @@ import time
 from dataclasses import dataclass
 
 from bnsweep import interrupt
-from bnsweep.cell import run_cell
+from bnsweep.cell import run_pack
 from bnsweep.data import ensure_data
 from bnsweep.errors import UserError
+from bnsweep.layout import STATUSES
 from bnsweep.lock import RunLock
 from bnsweep.measure import enabled
 from bnsweep.records import Store
-from bnsweep.spec import CellConfig
+from bnsweep.spec import CellConfig, packs
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -47,15 +49,17 @@ class Outcome:
 
 
 def _trial(config: dict) -> None:
-    """The Tune trainable: run one cell, report its status (dense data goes to Parquet)."""
+    """The Tune trainable: run one pack of cells, report their statuses (dense data goes to Parquet)."""
     import ray
     import torch
     from ray import tune
 
-    cell = CellConfig.model_validate_json(config["cell"]["json"])
-    torch.set_num_threads(max(1, int(cell.resources.cpu)))  # reused actors keep the old count otherwise
-    out = run_cell(cell, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id())
-    tune.report({k: out[k] for k in ("status", "wall_s")})
+    cells = [CellConfig.model_validate_json(j) for j in config["cell"]["json"]]
+    torch.set_num_threads(max(1, int(cells[0].resources.cpu)))  # reused actors keep the old count otherwise
+    outs = run_pack(cells, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id())
+    counts = {f"n_{s}": sum(o["status"] == s for o in outs) for s in STATUSES}  # Tune reserves `done`
+    tune.report({"status": outs[0]["status"] if len(outs) == 1 else "pack", **counts,
+                 "wall_s": max(o["wall_s"] for o in outs)})
 
 
 def _stopper():
@@ -81,7 +85,7 @@ def _progress_callback(total: int, tty: bool):
     from ray import tune
 
     class Progress(tune.Callback):
-        """Prints `cells done/total, running, failed, ETA` whenever a cell starts or ends."""
+        """Prints `cells done/total, running, failed, ETA` whenever a trial (a cell or a pack) starts or ends."""
 
         def __init__(self):
             self.t0, self.running, self.counts, self.last = time.time(), 0, {"done": 0, "diverged": 0, "failed": 0}, ""
@@ -102,7 +106,8 @@ def _progress_callback(total: int, tty: bool):
             self.last = text
 
         def count_running(self, trials, ended=None) -> None:
-            self.running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+            self.running = sum(len(t.config["cell"]["json"]) for t in trials
+                               if t.status == "RUNNING" and t is not ended)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.count_running(trials)
@@ -111,13 +116,16 @@ def _progress_callback(total: int, tty: bool):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.count_running(trials, ended=trial)
-            status = (trial.last_result or {}).get("status", "failed")
-            self.counts[status if status in self.counts else "failed"] += 1
+            last = trial.last_result or {}
+            got = {s: last.get(f"n_{s}", 0) for s in self.counts}
+            got["failed"] += len(trial.config["cell"]["json"]) - sum(got.values())  # a trial that reported nothing
+            for status, n in got.items():
+                self.counts[status] += n
             self.show()
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.count_running(trials, ended=trial)
-            self.counts["failed"] += 1
+            self.counts["failed"] += len(trial.config["cell"]["json"])
             self.show()
 
         def on_step_end(self, iteration, trials, **info):
@@ -275,8 +283,10 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
         progress = _progress_callback(len(todo), sys.stdout.isatty())
         tuner = tune.Tuner(
             trainable,
-            param_space={"output": store.uri, "cell": tune.grid_search([
-                {"id": c.cell_id, "json": c.model_dump_json(), "cpu": c.resources.cpu, "gpu": c.resources.gpu} for c in todo])},
+            param_space={"output": store.uri, "cell": tune.grid_search([  # one trial per pack, one cell's resources
+                {"id": p[0].cell_id + (f"+{len(p) - 1}" if len(p) > 1 else ""),
+                 "json": [c.model_dump_json() for c in p],
+                 "cpu": p[0].resources.cpu, "gpu": p[0].resources.gpu} for p in packs(todo)])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda t: t.config["cell"]["id"]),
             run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress],
@@ -287,9 +297,12 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
         if sys.stdout.isatty():
             print()
         for r in grid:
-            status = (r.metrics or {}).get("status") if r.error is None else "failed"
-            if status in ("done", "diverged", "failed"):
-                setattr(outcome, status, getattr(outcome, status) + 1)
+            n = len(r.config["cell"]["json"]) if r.config else 0
+            got = {s: (r.metrics or {}).get(f"n_{s}", 0) if r.error is None else 0 for s in STATUSES}
+            if r.error is not None:
+                got["failed"] = n
+            for status, k in got.items():
+                setattr(outcome, status, getattr(outcome, status) + k)
         outcome.interrupted = outcome.done + outcome.diverged + outcome.failed < len(todo) or interrupt.requested()
     finally:
         shutil.rmtree(tune_dir, ignore_errors=True)

@@ -29,7 +29,7 @@ from bnsweep.performance import Performance
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
 TRAIN_VERSION = 1
 
-DatasetSpec = Annotated[Union[tuple(d.Spec for d in DATASETS.values())], Field(discriminator="name")]
+DatasetSpec = Annotated[Union[tuple(d.Spec for d in DATASETS.values())], Field(discriminator="name")]  # noqa: UP007
 
 ModelOptions = create_model(
     "ModelOptions", __base__=Options,
@@ -66,6 +66,21 @@ class Resources(Options):
         return v
 
 
+class Execution(Options):
+    """How cells run; never part of a cell's identity (results do not depend on it)."""
+
+    pack: int | Literal["auto"] = Field(
+        1, description="Cells trained together in one trial as one program over stacked parameters (they must share "
+                       "everything but lr and seed). 1 = one cell per trial. auto = 1 on CPU, 8 on a GPU.")
+
+    @field_validator("pack")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"pack must be a whole number >= 1 or 'auto' (got {v})")
+        return v
+
+
 @register_model
 class Settings(Options):
     """Everything a grid block may override."""
@@ -79,6 +94,8 @@ class Settings(Options):
     measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
     checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
     performance: Performance = Field(default_factory=Performance, description="How a cell runs on a GPU: precision (TF32 or not), cuDNN autotuning, memory layout, determinism.")
+    execution: Execution = Field(default_factory=Execution,
+                                 description="How cells run (packing); results do not depend on it.")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -96,7 +113,7 @@ class Grid(Options):
     lr: list[PositiveFloat] = Field(min_length=1, description="Learning rates (0.1 for VGG, 1e-6 for the DLN in the paper [P]).")
     seed: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         [0], min_length=1, description=f"Seeds: initialisation, batch order and noise; 0 to {MAX_SEED:.0e}.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources, measure, performance), merged over the top level.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources, measure, performance, execution), merged over the top level.")
 
     @field_validator("arch")
     @classmethod
@@ -175,6 +192,7 @@ class CellConfig(Options):
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     checkpoint_every: int = 1000
     performance: Performance = Field(default_factory=Performance)
+    execution: Execution = Field(default_factory=Execution)
 
     @model_validator(mode="before")
     @classmethod
@@ -191,7 +209,7 @@ class CellConfig(Options):
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the result: not where it runs, how often it checkpoints, nor where the data sits."""
-        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every", "performance"})
+        d = self.model_dump(mode="json", exclude={"device", "resources", "checkpoint_every", "performance", "execution"})
         if self.performance.precision != Performance.model_fields["precision"].default:
             d["precision"] = self.performance.precision  # TF32 changes results; the default keeps the ids it always had
         d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
@@ -304,7 +322,7 @@ def iter_cells(spec: SweepSpec) -> Iterator[CellConfig]:
                 sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
                 model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
                 train=train[arch], device=s.device, resources=s.resources, measure=s.measure,
-                checkpoint_every=s.checkpoint_every, performance=s.performance,
+                checkpoint_every=s.checkpoint_every, performance=s.performance, execution=s.execution,
             )
             if (arch, norm) not in checked:  # settings are shared per (arch, norm): one cell each shows the round trip holds
                 _worker_accepts(cell, where)
@@ -320,3 +338,33 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[CellConfig]:
     """Every cell of every grid, in order, after checking the count from the axis lengths."""
     check_count(spec, max_cells)
     return list(iter_cells(spec))
+
+
+# Packing: cells that differ only in lr and seed train together as one program (bnsweep/pack.py).
+PACK_AUTO = {"cpu": 1, "cuda": 8}  # K for `pack: auto` by device; the CUDA figure awaits bench/gpu.py
+
+
+def pack_size(cell: CellConfig) -> int:
+    """K for `cell`: its `execution.pack`, with auto resolved from where it runs (cuda when it is given a GPU)."""
+    k = cell.execution.pack
+    if k != "auto":
+        return k
+    on_gpu = cell.device == "cuda" or (cell.device == "auto" and cell.resources.gpu > 0)
+    return PACK_AUTO["cuda" if on_gpu else "cpu"]
+
+
+def pack_key(cell: CellConfig) -> str:
+    """What the members of one pack share: every field but lr and seed."""
+    return cell.model_dump_json(exclude={"lr", "seed"})
+
+
+def packs(cells: list[CellConfig]) -> list[list[CellConfig]]:
+    """`cells` grouped into packs of at most their pack size, in order of first appearance."""
+    groups: dict[str, list[CellConfig]] = {}
+    for c in cells:
+        groups.setdefault(pack_key(c), []).append(c)
+    out = []
+    for members in groups.values():
+        k = pack_size(members[0])
+        out += [members[i : i + k] for i in range(0, len(members), k)]
+    return out

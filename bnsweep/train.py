@@ -13,8 +13,9 @@ import dataclasses
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -24,8 +25,9 @@ from bnsweep.data import DATASETS, Data, load_data
 from bnsweep.measure.session import Measurements
 from bnsweep.models import build_model
 from bnsweep.norms import norm_layer
-from bnsweep.performance import applied, checks_every, layout
+from bnsweep.performance import Performance, applied, checks_every, layout
 from bnsweep.spec import CellConfig
+
 
 
 @dataclass
@@ -166,14 +168,106 @@ class TrainState:
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
+def cast_data(data: Data, dtype: torch.dtype | None, perf: Performance | None = None) -> Data:
+    """`data` with its floating tensors in `dtype` (None: as loaded; tests compare loops in float64) and
+    image inputs in the memory layout `perf` asks for."""
+    if dtype is None and (perf is None or not perf.channels_last):
+        return data
+
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
+
+    lay = (lambda v: layout(v, perf)) if perf is not None else (lambda v: v)
+    return dataclasses.replace(data, x_train=lay(cast(data.x_train)), x_test=lay(cast(data.x_test)),
+                               y_train=cast(data.y_train), y_test=cast(data.y_test))
+
+
+def new_state(cell: CellConfig, data: Data, dev: torch.device, dtype: torch.dtype | None = None) -> TrainState:
+    """A cell's training state at step 0: its seeded initialisation, generators, batch order and probes."""
+    t = cell.train
+    torch.manual_seed(cell.seed)  # initialisation
+    noise = _generator(cell.seed, 1, dev)
+    model = build_model(cell.arch, cell.model, norm_layer(cell.norm, cell.norm_options, noise), data.info).to(dev)
+    if dtype is not None:
+        model = model.to(dtype)
+    if cell.performance.channels_last and len(data.info.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    order = BatchOrder(len(data.x_train), t.batch_size, _generator(cell.seed, 0, torch.device("cpu")), dev)
+    return TrainState(
+        model=model, order=order,
+        optimizer=torch.optim.SGD(model.parameters(), lr=cell.lr, momentum=t.momentum, weight_decay=t.weight_decay),
+        generators={"noise": noise, "order": order.g, "augment": _generator(cell.seed, 2, dev)},
+        losses=torch.empty(t.steps, device=dev, dtype=torch.float64),
+        accs=torch.empty(t.steps, device=dev, dtype=torch.float64),
+        probes=Measurements(cell.measure, model, t.steps, cell.seed),
+    )
+
+
+def next_batch(st: TrainState, data: Data, augment, perf: Performance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state's next training batch (B, ...), augmented with its own generator when `augment` is set,
+    in the memory layout `perf` asks for."""
+    idx = st.order.next()
+    x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
+    if augment is not None:
+        x = augment(x, st.generators["augment"])
+    return (layout(x, perf) if perf is not None else x), y
+
+
+def train_step(st: TrainState, step: int, x: torch.Tensor, y: torch.Tensor, lf, classification: bool) -> None:
+    """Update `step` on batch (x, y), with the step's measurements; records its loss and accuracy."""
+    st.probes.before_forward(step)
+    out = st.model(x)
+    loss = lf(out, y)
+    st.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    st.probes.after_backward(step, st.optimizer, x, y, lf, loss)  # the one measurement point: w and g of this step
+    st.optimizer.step()
+    st.losses[step] = loss.detach()
+    if classification:
+        st.accs[step] = (out.argmax(1) == y).float().mean()
+
+
+def check_divergence(st: TrainState, factor: float, done: int) -> int | None:
+    """Test steps [checked, done): the first diverged step, or None (and they count as checked)."""
+    window = st.losses[st.checked:done]
+    if st.checked == 0:
+        st.limit = factor * abs(window[0].item())
+    bad = (~torch.isfinite(window)) | (window > st.limit)
+    if bad.any():
+        return st.checked + int(bad.nonzero()[0, 0])
+    st.checked = done
+    return None
+
+
+def due(t, done: int, saving: bool, checkpoint_every: int) -> tuple[bool, bool]:
+    """(evaluation due, checkpoint due) after `done` updates."""
+    eval_due = bool(t.eval_every and done % t.eval_every == 0 and done < t.steps)
+    save_due = bool(saving and checkpoint_every and done % checkpoint_every == 0 and done < t.steps)
+    return eval_due, save_due
+
+
+def finish(res: TrainResult, st: TrainState, total: dict[str, float], steps: int, classification: bool) -> TrainResult:
+    """Fill `res` from the state: step rows up to the end (or the diverged step), evaluations, measurements."""
+    n = steps if res.diverged_step is None else res.diverged_step + 1
+    res.train_s, res.eval_s = total.pop("train"), total.pop("eval")
+    res.evals, res.measure_rows, res.measure_s = st.evals, st.probes.rows, total
+    res.steps = {
+        "step": list(range(n)),
+        "loss": st.losses[:n].double().cpu().tolist(),
+        "accuracy": st.accs[:n].double().cpu().tolist() if classification else [None] * n,
+    }
+    return res
+
+
 def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None = None,
                checkpoint: Callable[[bytes], None] | None = None, checkpoint_every: int = 0,
                dtype: torch.dtype | None = None) -> TrainResult:
     """Train one cell and return its step, evaluation and measurement records.
 
     `resume` is a `TrainState.state_dict()` an earlier attempt saved through `checkpoint` (called with
-    `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run would
-    have (bit for bit on CPU). `dtype` (default float32) of the model and data: float64 gives reference runs.
+    `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run
+    would have (bit for bit on CPU). `dtype`: model and data precision (None: float32 as loaded; tests use float64).
+    The cell's `performance` settings apply while it trains and are recorded on the result.
     """
     dev = resolve_device(device or cell.device)
     with applied(cell.performance, dev) as perf:
@@ -184,29 +278,12 @@ def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None 
 
 def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint: Callable[[bytes], None] | None,
            checkpoint_every: int, dtype: torch.dtype | None) -> TrainResult:
-    data = load_data(cell.dataset, str(dev))
-    if dtype is not None or cell.performance.channels_last:
-        data = _prepared(data, dtype, cell.performance)
+    data = cast_data(load_data(cell.dataset, str(dev)), dtype, cell.performance)
     classification = data.info.task == "classification"
     t = cell.train
-
-    torch.manual_seed(cell.seed)  # initialisation
-    noise = _generator(cell.seed, 1, dev)
-    model = build_model(cell.arch, cell.model, norm_layer(cell.norm, cell.norm_options, noise), data.info).to(dev)
-    if dtype is not None:
-        model = model.to(dtype)
-    if cell.performance.channels_last and len(data.info.input_shape) == 3:
-        model = model.to(memory_format=torch.channels_last)
+    st = new_state(cell, data, dev, dtype)
+    model = st.model
     check_every = checks_every(dev)
-    order = BatchOrder(len(data.x_train), t.batch_size, _generator(cell.seed, 0, torch.device("cpu")), dev)
-    st = TrainState(
-        model=model, order=order,
-        optimizer=torch.optim.SGD(model.parameters(), lr=cell.lr, momentum=t.momentum, weight_decay=t.weight_decay),
-        generators={"noise": noise, "order": order.g, "augment": _generator(cell.seed, 2, dev)},
-        losses=torch.empty(t.steps, device=dev, dtype=torch.float64),
-        accs=torch.empty(t.steps, device=dev, dtype=torch.float64),
-        probes=Measurements(cell.measure, model, t.steps, cell.seed),
-    )
     lf = loss_fn(data.info.task)
     augment = DATASETS[cell.dataset.name].augment if t.augment else None
     res = TrainResult(status="done", device=str(dev))
@@ -219,34 +296,15 @@ def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint:
         res.resumed_from = st.step
     model.train()
     for step in range(st.step, t.steps):
-        idx = order.next()
-        x, y = data.x_train[idx], data.y_train[idx]  # (B, ...) slices of the on-device set
-        if augment is not None:
-            x = augment(x, st.generators["augment"])
-        x = layout(x, cell.performance)
-        st.probes.before_forward(step)
-        out = model(x)
-        loss = lf(out, y)
-        st.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        st.probes.after_backward(step, st.optimizer, x, y, lf, loss)  # the one measurement point: w and g of this step
-        st.optimizer.step()
-        st.losses[step] = loss.detach()
-        if classification:
-            st.accs[step] = (out.argmax(1) == y).float().mean()
-
+        x, y = next_batch(st, data, augment, cell.performance)
+        train_step(st, step, x, y, lf, classification)
         done = st.step = step + 1
-        eval_due = t.eval_every and done % t.eval_every == 0 and done < t.steps
-        save_due = checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < t.steps
+        eval_due, save_due = due(t, done, checkpoint is not None, checkpoint_every)
         if done % check_every == 0 or eval_due or save_due or done == t.steps:
-            window = st.losses[st.checked:done]
-            if st.checked == 0:
-                st.limit = t.divergence_factor * abs(window[0].item())
-            bad = (~torch.isfinite(window)) | (window > st.limit)
-            if bad.any():
-                res.status, res.diverged_step = "diverged", st.checked + int(bad.nonzero()[0, 0])
+            bad = check_divergence(st, t.divergence_factor, done)
+            if bad is not None:
+                res.status, res.diverged_step = "diverged", bad
                 break
-            st.checked = done
         if eval_due:
             te = time.perf_counter()
             st.evals += evaluate(model, data, done, t.eval_batch_size)
@@ -254,28 +312,11 @@ def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint:
         if save_due:
             checkpoint(st.to_bytes(seconds=_seconds(res, st.probes, t0, st.seconds)))
 
-    n = t.steps if res.diverged_step is None else res.diverged_step + 1
     if res.status == "done":
         te = time.perf_counter()
         st.evals += evaluate(model, data, t.steps, t.eval_batch_size)
         res.eval_s += time.perf_counter() - te
-    total = _seconds(res, st.probes, t0, st.seconds)
-    res.train_s, res.eval_s = total.pop("train"), total.pop("eval")
-    res.evals, res.measure_rows, res.measure_s = st.evals, st.probes.rows, total
-    res.steps = {
-        "step": list(range(n)),
-        "loss": st.losses[:n].double().cpu().tolist(),
-        "accuracy": st.accs[:n].double().cpu().tolist() if classification else [None] * n,
-    }
-    return res
-
-
-def _prepared(data: Data, dtype: torch.dtype | None, perf) -> Data:
-    """`data` with floating tensors in `dtype` and image inputs in the layout `perf` asks for."""
-    def cast(v: torch.Tensor) -> torch.Tensor:
-        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
-    return dataclasses.replace(data, x_train=layout(cast(data.x_train), perf), x_test=layout(cast(data.x_test), perf),
-                               y_train=cast(data.y_train), y_test=cast(data.y_test))
+    return finish(res, st, _seconds(res, st.probes, t0, st.seconds), t.steps, classification)
 
 
 def _seconds(res: TrainResult, probes: Measurements, t0: float, before: dict) -> dict[str, float]:

@@ -1,0 +1,349 @@
+"""Packed cells: K cells that differ only in lr and seed, trained as one program over stacked parameters.
+
+    from bnsweep.pack import train_pack
+    results = train_pack(cells)      # one TrainResult per member, as train_cell would give each
+
+Each member is a full `TrainState` (its own seeded initialisation, generators, batch order and
+probes). Between steps the weights, buffers and momentum live stacked, (K, ...) per tensor; a step
+is one `torch.vmap` of `torch.func.functional_call` over a parameter-free (meta) copy of the net,
+with one autograd pass through the stack. What cannot run inside vmap is done per member outside
+it, in the unpacked order: batch indices and augmentation from the member's generators, and
+noisy BatchNorm's noise, drawn with the member's noise generator and passed in as stacked inputs.
+BatchNorm's and l_p's running statistics are stacked buffers updated inside vmap.
+
+A member whose measurements are due at a step takes that step unpacked (`train.train_step` on its
+own module, synced from and back to the stack), so measurements are exactly the unpacked code.
+Evaluations and checkpoints also go through the member's module; a checkpoint is that member's
+`TrainState`, so a member resumes in any pack (or unpacked) from it. A diverged member stops
+updating (its slots are masked) and is finished at once; the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from bnsweep.data import DATASETS, Data, load_data
+from bnsweep.models import build_model
+from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
+from bnsweep.spec import CellConfig, pack_key
+from bnsweep.performance import checks_every
+from bnsweep.train import (
+    TrainResult,
+    TrainState,
+    cast_data,
+    check_divergence,
+    due,
+    evaluate,
+    finish,
+    loss_fn,
+    new_state,
+    next_batch,
+    resolve_device,
+    train_step,
+)
+
+
+class _StackedBatchNorm(torch.autograd.Function):
+    """Training-mode `F.batch_norm` whose vmap rule runs the native kernel on the physical stacked tensors.
+
+    vmap's own batch-norm rule differs from the unpacked kernel's backward by an ulp, which a deep net
+    amplifies to 1e-9 in 50 steps. Here (N, C, H, W) inputs are folded to (N, K*C, H, W), one kernel
+    call whose per-channel arithmetic is the unpacked one (on CPU, bit for bit); (N, C) inputs, whose
+    CPU kernel assigns channels to vector lanes by position, run member by member. Autograd records the
+    native ops, so `backward` here is never called. Running statistics are views of the stacked buffers.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, running_mean, running_var, momentum, eps):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("_StackedBatchNorm is only applied under vmap")
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, running_mean, running_var, momentum, eps):
+        K = info.batch_size
+        x, w, b, rm, rv = (t.movedim(d, 0) if d is not None else t.expand(K, *t.shape)
+                           for t, d in zip((x, weight, bias, running_mean, running_var), in_dims[:5]))
+        if x.dim() == 3:
+            return torch.stack([F.batch_norm(x[k], rm[k], rv[k], w[k], b[k], True, momentum, eps) for k in range(K)]), 0
+        n, c, rest = x.shape[1], x.shape[2], x.shape[3:]
+        folded = x.transpose(0, 1).reshape(n, K * c, *rest)
+        out = F.batch_norm(folded, rm.view(K * c), rv.view(K * c), w.reshape(K * c), b.reshape(K * c),
+                           True, momentum, eps)
+        return out.view(n, K, c, *rest).transpose(0, 1), 0
+
+
+class _PackedBatchNorm(BatchNorm):
+    """The template's BatchNorm (training mode, running statistics tracked, as `BatchNorm` with momentum set)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        self.num_batches_tracked.add_(1)
+        return _StackedBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                       self.momentum, self.eps)
+
+
+class _GivenNoise(_PackedBatchNorm):
+    """The template's noisy BatchNorm: its (s, m) noise is handed in (`given`) instead of drawn."""
+
+    given: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, m = self.given
+        return s * super().forward(x) + m
+
+
+class Stack:
+    """The members' weights, buffers and momentum buffers, stacked along a leading member dimension."""
+
+    def __init__(self, states: list[TrainState], momentum: float, weight_decay: float, lrs: list[float]):
+        self.states, self.momentum, self.weight_decay = states, momentum, weight_decay
+        first = states[0].model
+        dev = next(first.parameters()).device
+        params = [dict(s.model.named_parameters()) for s in states]
+        buffers = [dict(s.model.named_buffers()) for s in states]
+        self.params = {n: torch.stack([p[n].detach() for p in params]).requires_grad_() for n in params[0]}
+        self.buffers = {n: torch.stack([b[n] for b in buffers]) for n in buffers[0]}
+        self.bufs = {n: torch.zeros_like(p) for n, p in self.params.items()} if momentum else {}
+        self.started = torch.zeros(len(states), dtype=torch.bool, device=dev)  # has a momentum buffer (SGD's 1st step)
+        dtype = next(iter(self.params.values())).dtype
+        self.neg_lr = torch.tensor([-lr for lr in lrs], dtype=dtype, device=dev)
+        for k in range(len(states)):
+            self.push(k)  # momentum from a resumed optimizer
+
+    def pull(self, k: int) -> None:
+        """Member k's module and optimizer take their stacked values."""
+        st = self.states[k]
+        with torch.no_grad():
+            for n, p in st.model.named_parameters():
+                p.copy_(self.params[n][k])
+            for n, b in st.model.named_buffers():
+                b.copy_(self.buffers[n][k])
+            st.optimizer.state.clear()
+            if self.momentum and self.started[k]:
+                for n, p in st.model.named_parameters():
+                    st.optimizer.state[p]["momentum_buffer"] = self.bufs[n][k].clone()
+
+    def push(self, k: int) -> None:
+        """The stack takes member k's module and optimizer values."""
+        st = self.states[k]
+        with torch.no_grad():
+            for n, p in st.model.named_parameters():
+                self.params[n][k] = p.detach()
+            for n, b in st.model.named_buffers():
+                self.buffers[n][k] = b
+            if self.momentum:
+                have = [st.optimizer.state.get(p, {}).get("momentum_buffer") for _, p in st.model.named_parameters()]
+                self.started[k] = any(b is not None for b in have)
+                for (n, _), b in zip(st.model.named_parameters(), have):
+                    if b is not None:
+                        self.bufs[n][k] = b
+
+    def update(self, grads: dict[str, torch.Tensor | None], mask: torch.Tensor,
+               old_buffers: dict[str, torch.Tensor]) -> None:
+        """torch.optim.SGD's update (weight decay, momentum without dampening) for the members in `mask`;
+        the others keep their weights, momentum and buffers (which the vmapped forward pass touched)."""
+        every = bool(mask.all())  # the common case: no slot to keep
+        with torch.no_grad():
+            for n, b in self.buffers.items() if not every else ():
+                b.copy_(torch.where(_col(mask, b), b, old_buffers[n]))
+            for n, p in self.params.items():
+                g = grads[n]
+                if g is None:  # no gradient: SGD skips the parameter
+                    continue
+                m = _col(mask, p)
+                if self.weight_decay:
+                    g = g.add(p, alpha=self.weight_decay)
+                if self.momentum:
+                    buf = torch.where(_col(self.started, p), self.bufs[n] * self.momentum + g, g)
+                    self.bufs[n] = buf if every else torch.where(m, buf, self.bufs[n])
+                    g = buf
+                if every:
+                    p.addcmul_(g, _col(self.neg_lr, p))  # = p.add_(g, alpha=-lr), torch.optim.SGD's last line
+                else:
+                    p.copy_(torch.where(m, torch.addcmul(p, g, _col(self.neg_lr, p)), p))
+            self.started |= mask
+
+
+def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (K,) vector shaped to broadcast over (K, ...) `like`."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _template(cell: CellConfig, data: Data, dtype: torch.dtype | None) -> tuple[nn.Module, list[str]]:
+    """The net without storage (meta device), for functional_call; its noisy norms take given noise."""
+    with torch.device("meta"):
+        net = build_model(cell.arch, cell.model, norm_layer(cell.norm, cell.norm_options, None), data.info)
+        net = net.to(dtype) if dtype is not None else net
+    for m in net.modules():  # the template only trains: its norms need no eval-mode path
+        if isinstance(m, BatchNorm):
+            m.__class__ = _GivenNoise if isinstance(m, NoisyBatchNorm) else _PackedBatchNorm
+    return net.train(), [n for n, m in net.named_modules() if isinstance(m, _GivenNoise)]
+
+
+def _noise_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape of each noisy norm, in the order the forward pass calls them (eval mode: no draws, no updates)."""
+    shapes, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, NoisyBatchNorm):
+            handles.append(m.register_forward_hook(
+                lambda mod, i, out, name=name: shapes.__setitem__(name, tuple(out.shape))))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train()
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list[dict | None] | None = None,
+               checkpoints: list[Callable[[bytes], None]] | None = None, checkpoint_every: int = 0,
+               finished: Callable[[int, TrainResult], None] | None = None,
+               dtype: torch.dtype | None = None) -> list[TrainResult]:
+    """Train `cells` (one pack: equal but for lr and seed) together; member k's result as `train_cell(cells[k])`'s.
+
+    `resumes[k]`: member k's `TrainState.state_dict()` (all at one step, or all None); `checkpoints[k]` gets
+    member k's `TrainState.to_bytes()` every `checkpoint_every` steps; `finished(k, result)` is called as soon
+    as member k is done or diverged. `train_s` of a member is the pack's training time divided by its size.
+    """
+    if len({pack_key(c) for c in cells}) != 1:
+        raise ValueError("a pack's cells must be equal in everything but lr and seed")
+    K, cell = len(cells), cells[0]
+    resumes = resumes or [None] * K
+    if len({(r or {}).get("step", 0) for r in resumes}) != 1:
+        raise ValueError("a pack's members must resume from one step")
+    dev = resolve_device(device or cell.device)
+    data = cast_data(load_data(cell.dataset, str(dev)), dtype)
+    classification = data.info.task == "classification"
+    t = cell.train
+    lf = loss_fn(data.info.task)
+    augment = DATASETS[cell.dataset.name].augment if t.augment else None
+    states = [new_state(c, data, dev, dtype) for c in cells]
+    losses = torch.empty(K, t.steps, device=dev, dtype=torch.float64)
+    accs = torch.empty(K, t.steps, device=dev, dtype=torch.float64)
+    results = [TrainResult(status="done", device=str(dev)) for _ in cells]
+    t0 = time.perf_counter()
+    for k, (st, res, resume) in enumerate(zip(states, results, resumes)):
+        st.losses, st.accs = losses[k], accs[k]  # views: the stack's rows are the members' records
+        if resume is None:
+            te = time.perf_counter()
+            st.evals += evaluate(st.model, data, 0, t.eval_batch_size)
+            res.eval_s += time.perf_counter() - te
+        else:
+            st.load_state_dict(resume)
+            res.resumed_from = st.step
+    stack = Stack(states, t.momentum, t.weight_decay, [c.lr for c in cells])
+    template, noisy = _template(cell, data, dtype)
+    shapes = _noise_shapes(states[0].model, data.x_train[: states[0].order.b]) if noisy else {}
+    order = [n for n in shapes]  # noisy norms in call order: the order an unpacked member draws their noise
+    opts = cell.norm_options
+    live = list(range(K))  # members still training
+
+    def member(params, buffers, x, y, noise):
+        for name, sm in zip(order, noise):
+            template.get_submodule(name).given = sm
+        out = functional_call(template, {**params, **buffers}, (x,))
+        acc = (out.argmax(1) == y).float().mean() if classification else out.new_zeros(())
+        return lf(out, y), acc
+
+    def spent(k: int) -> dict[str, float]:
+        """Member k's seconds so far: its evaluations and measurements, and 1/K of the pack's training time."""
+        own = sum(r.eval_s + sum(s.probes.cost().values()) for r, s in zip(results, states))
+        cost = states[k].probes.cost()
+        now = {"train": (time.perf_counter() - t0 - own) / K, "eval": results[k].eval_s, **cost}
+        before = states[k].seconds
+        return {key: now.get(key, 0.0) + before.get(key, 0.0) for key in {*now, *before}}
+
+    def end(k: int) -> None:
+        live.remove(k)
+        finish(results[k], states[k], spent(k), t.steps, classification)
+        if finished is not None:
+            finished(k, results[k])
+
+    for step in range(states[0].step, t.steps):
+        batches = {k: next_batch(states[k], data, augment) for k in live}
+        probed = [k for k in live if any(step in steps for _, steps in states[k].probes.active)]
+        for k in probed:  # measured steps run unpacked, on the member's own module
+            stack.pull(k)
+            train_step(states[k], step, *batches[k], lf, classification)
+            stack.push(k)
+        fast = [k for k in live if k not in probed]
+        if fast:
+            mask = torch.zeros(K, dtype=torch.bool, device=dev)
+            mask[fast] = True
+            x0, y0 = batches[fast[0]]
+            xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in range(K)])
+            ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
+            noise = _draw(states, fast, order, shapes, opts, x0)
+            old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
+            with warnings.catch_warnings():  # l_p norms' lerp_ has no batching rule: vmap loops over members there
+                warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
+                loss, acc = vmap(member)(stack.params, stack.buffers, xs, ys, noise)
+            names = list(stack.params)
+            grads = torch.autograd.grad(loss.sum(), [stack.params[n] for n in names], allow_unused=True)
+            stack.update(dict(zip(names, grads)), mask, old)
+            with torch.no_grad():
+                losses[:, step] = torch.where(mask, loss.detach().to(torch.float64), losses[:, step])
+                if classification:
+                    accs[:, step] = torch.where(mask, acc.to(torch.float64), accs[:, step])
+        done = step + 1
+        for k in live:
+            states[k].step = done
+        eval_due, save_due = due(t, done, checkpoints is not None, checkpoint_every)
+        if done % checks_every(dev) == 0 or eval_due or save_due or done == t.steps:
+            for k in list(live):
+                bad = check_divergence(states[k], t.divergence_factor, done)
+                if bad is not None:
+                    results[k].status, results[k].diverged_step = "diverged", bad
+                    end(k)
+        for k in live if eval_due or save_due else []:
+            stack.pull(k)
+            if eval_due:
+                te = time.perf_counter()
+                states[k].evals += evaluate(states[k].model, data, done, t.eval_batch_size)
+                results[k].eval_s += time.perf_counter() - te
+            if save_due:
+                checkpoints[k](states[k].to_bytes(seconds=spent(k)))
+        if not live:
+            break
+
+    for k in list(live):
+        stack.pull(k)
+        te = time.perf_counter()
+        states[k].evals += evaluate(states[k].model, data, t.steps, t.eval_batch_size)
+        results[k].eval_s += time.perf_counter() - te
+        end(k)
+    return results
+
+
+def _draw(states: list[TrainState], fast: list[int], order: list[str], shapes: dict, opts, like: torch.Tensor) -> list:
+    """Per noisy norm, stacked (s, m): drawn for each member in `fast` from its own noise generator, in the
+    unpacked order (layer by layer within a member); s = 1, m = 0 in the other slots, whose results are discarded."""
+    if not order:
+        return []
+    K = len(states)
+    drawn = {k: [sample_noise(like.new_empty(shapes[n]), opts, states[k].generators["noise"]) for n in order]
+             for k in fast}
+    out = []
+    for i, n in enumerate(order):
+        blank = like.new_empty(shapes[n])
+        s = torch.stack([drawn[k][i][0] if k in drawn else torch.ones_like(blank) for k in range(K)])
+        m = torch.stack([drawn[k][i][1] if k in drawn else torch.zeros_like(blank) for k in range(K)])
+        out.append((s, m))
+    return out
