@@ -11,9 +11,9 @@ they are absent or hold no matching rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import altair as alt
 import polars as pl

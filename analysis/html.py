@@ -9,9 +9,9 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import altair as alt
 import vl_convert as vlc

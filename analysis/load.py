@@ -12,8 +12,8 @@ stray files are left out with a warning line that names them.
 
 from __future__ import annotations
 
-import pyarrow.fs as pafs
 import polars as pl
+import pyarrow.fs as pafs
 
 from bnsweep.errors import UserError, unknown
 from bnsweep.layout import SCHEMAS, TABLES, table_dir

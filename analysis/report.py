@@ -20,8 +20,7 @@ import vl_convert as vlc
 
 from analysis import claims, figures, groups, load, smoothness, summaries
 from analysis.html import VL_VERSION, esc, page
-from analysis.sections import (claims_section, figure_block, method_section, overview, range_section,
-                               robustness_section, smoothness_section)
+from analysis.sections import claims_section, figure_block, method_section, overview, range_section, robustness_section, smoothness_section
 from analysis.settings import DEFAULT, Settings
 from bnsweep.errors import UserError
 

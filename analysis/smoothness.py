@@ -15,7 +15,6 @@ from analysis.stats import flatten, seed_ci
 from bnsweep.layout import RESULT
 from bnsweep.measure import MEASURES
 
-
 # table -> (cell, step[, layer], quantity, value): each measurement's own summary rule (bnsweep/measure/)
 TABLES = {name: cls.summary for name, cls in MEASURES.items() if cls.summary is not None}
 PER_CELL_SCHEMA = {

@@ -13,14 +13,15 @@ order. One seed gives an estimate with no interval; no seeds give nulls and n = 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import polars as pl
 
 from analysis.settings import DEFAULT, Settings
 from bnsweep.console import fmt
+
 
 def geomean(v: np.ndarray, axis: int | None = None) -> np.ndarray:
     """10 ** mean(log10 v): the centre of a heavy-tailed positive quantity over seeds."""

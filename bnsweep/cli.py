@@ -36,10 +36,9 @@ def _summary(cells, output: str) -> str:
 def cmd_run(args) -> int:
     from bnsweep import runner
     from bnsweep.data import ensure_data
+    from bnsweep.interrupt import StopOnInterrupt
     from bnsweep.records import Store
     from bnsweep.specfile import load_cells
-
-    from bnsweep.interrupt import StopOnInterrupt
 
     spec, cells = load_cells(args.spec, args.max_cells)
     ensure_data(c.dataset for c in cells)
@@ -103,7 +102,10 @@ def cmd_cluster_validate(args) -> int:
     for name in ("ray", "ray.autoscaler", "ray.autoscaler._private.util"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cfg = validate_cluster(args.file)
-    print(f"ok: {args.file}: node types {', '.join(cfg['available_node_types'])}, head {cfg['head_node_type']}, max_workers {cfg['max_workers']}")
+    print(
+        f"ok: {args.file}: node types {', '.join(cfg['available_node_types'])}, head "
+        f"{cfg['head_node_type']}, max_workers {cfg['max_workers']}"
+    )
     return 0
 
 
@@ -168,8 +170,10 @@ def cmd_ls(args) -> int:
         print(f"no cell of {args.output} has finished yet (the cells table is empty)")
         return 0
     for t in query.totals(cells).iter_rows(named=True):
-        print(f"sweep {t['sweep']}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
-              f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s")
+        print(
+            f"sweep {t['sweep']}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
+            f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s"
+        )
     print()
     print(frame_table(cells, None))
     return 0
@@ -177,6 +181,7 @@ def cmd_ls(args) -> int:
 
 def _count(least: int):
     """An argparse type: an integer of at least `least`, else the one-line error."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -185,6 +190,7 @@ def _count(least: int):
         if value < least:
             raise argparse.ArgumentTypeError(f"must be at least {least} (got {value})")
         return value
+
     parse.__name__ = "integer"
     return parse
 
@@ -197,8 +203,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _max_cells(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--max-cells", type=_count(1), default=MAX_CELLS,
-                   help=f"refuse a spec of more cells than this, counted before expansion (default {MAX_CELLS:,})")
+    c.add_argument(
+        "--max-cells",
+        type=_count(1),
+        default=MAX_CELLS,
+        help=f"refuse a spec of more cells than this, counted before expansion (default {MAX_CELLS:,})",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -207,12 +217,13 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run every cell of a sweep that has no result yet")
     r.add_argument("spec", help="sweep YAML file")
     r.add_argument("--address", help="Ray cluster to join (e.g. auto); default: embedded local Ray")
-    r.add_argument("--max-concurrent", type=_count(1), default=None,
-                   help="at most this many cells at once (default: as many as fit)")
+    r.add_argument("--max-concurrent", type=_count(1), default=None, help="at most this many cells at once (default: as many as fit)")
     _max_cells(r)
     r.set_defaults(fn=cmd_run)
-    for name, fn, text in (("validate", cmd_validate, "check a sweep file and its data; runs nothing"),
-                           ("plan", cmd_plan, "list a sweep's cells, their status and resources; runs nothing")):
+    for name, fn, text in (
+        ("validate", cmd_validate, "check a sweep file and its data; runs nothing"),
+        ("plan", cmd_plan, "list a sweep's cells, their status and resources; runs nothing"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("spec", help="sweep YAML file")
         _max_cells(c)

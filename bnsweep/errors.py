@@ -13,7 +13,7 @@ class UserError(Exception):
     """A mistake in the user's input, with a message that names the bad value and what is allowed."""
 
 
-def unknown(kind: str, name: object, known: "list[str] | tuple[str, ...]") -> UserError:
+def unknown(kind: str, name: object, known: list[str] | tuple[str, ...]) -> UserError:
     """The error for a name missing from a registry: lists every known name."""
     from bnsweep.limits import short
 

@@ -11,7 +11,6 @@ import functools
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-
 import torch.nn as nn
 from pydantic import Field
 
@@ -34,7 +33,9 @@ VGG_CFGS: dict[str, list[int | str]] = {
 
 class VggOptions(Options):
     width: float = Field(1.0, gt=0, description="Channel multiplier applied to every conv layer (1 = the paper's VGG-16 widths).")
-    head: Literal["linear", "mlp"] = Field("linear", description="Classifier: one Linear(C, classes) [I], or Linear-norm-ReLU twice then Linear [U].")
+    head: Literal["linear", "mlp"] = Field(
+        "linear", description="Classifier: one Linear(C, classes) [I], or Linear-norm-ReLU twice then Linear [U]."
+    )
     mlp_hidden: int = Field(512, gt=0, description="Hidden units of the `mlp` head, before the width multiplier.")
 
 
@@ -88,8 +89,9 @@ class VGG(nn.Module):
             self.head = nn.Linear(flat, classes)
         else:
             h = max(1, round(o.mlp_hidden * o.width))
-            self.head = nn.Sequential(nn.Linear(flat, h), norm_layer(h), nn.ReLU(),
-                                      nn.Linear(h, h), norm_layer(h), nn.ReLU(), nn.Linear(h, classes))
+            self.head = nn.Sequential(
+                nn.Linear(flat, h), norm_layer(h), nn.ReLU(), nn.Linear(h, h), norm_layer(h), nn.ReLU(), nn.Linear(h, classes)
+            )
         glorot_(self)
 
     def forward(self, x):  # (B, C, H, W) -> (B, classes)
@@ -108,10 +110,16 @@ class VGG(nn.Module):
     def check(arch: str, info: DatasetInfo) -> None:
         pools = VGG_CFGS[arch].count("M")
         if len(info.input_shape) != 3 or info.task != "classification":
-            raise UserError(f"arch {arch!r} needs image classification data, but dataset {info.name!r} is {info.task} on inputs of shape {info.input_shape}")
+            raise UserError(
+                f"arch {arch!r} needs image classification data, but dataset {info.name!r} is "
+                f"{info.task} on inputs of shape {info.input_shape}"
+            )
         h, w = info.input_shape[1:]
         if h != w or h % 2**pools:
-            raise UserError(f"arch {arch!r} has {pools} max-pools and needs square inputs with a side divisible by {2**pools}; dataset {info.name!r} gives {h}x{w} (use vgg_mini for 8x8 data)")
+            raise UserError(
+                f"arch {arch!r} has {pools} max-pools and needs square inputs with a side divisible by {2**pools}; "
+                f"dataset {info.name!r} gives {h}x{w} (use vgg_mini for 8x8 data)"
+            )
 
 
 class DLN(nn.Module):
@@ -146,11 +154,17 @@ class DLN(nn.Module):
     @staticmethod
     def check(arch: str, info: DatasetInfo) -> None:
         if len(info.input_shape) != 1:
-            raise UserError(f"arch {arch!r} needs vector inputs, but dataset {info.name!r} gives shape {info.input_shape} (use gaussian_regression)")
+            raise UserError(
+                f"arch {arch!r} needs vector inputs, but dataset {info.name!r} gives shape {info.input_shape} (use gaussian_regression)"
+            )
 
 
 MODELS: dict[str, type[nn.Module]] = {
-    "vgg11": VGG, "vgg13": VGG, "vgg16": VGG, "vgg19": VGG, "vgg_mini": VGG,
+    "vgg11": VGG,
+    "vgg13": VGG,
+    "vgg16": VGG,
+    "vgg19": VGG,
+    "vgg_mini": VGG,
     "dln": DLN,
 }
 

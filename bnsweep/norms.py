@@ -8,7 +8,8 @@ Each is one class with its option model, registered in `NORMS`; models receive a
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn as nn

@@ -32,8 +32,8 @@ from torch.func import functional_call, vmap
 from bnsweep.data import DATASETS, Data, load_data
 from bnsweep.models import build_model
 from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
-from bnsweep.spec import CellConfig, pack_key
 from bnsweep.performance import checks_every
+from bnsweep.spec import CellConfig, pack_key
 from bnsweep.train import (
     TrainResult,
     TrainState,

@@ -12,7 +12,8 @@ summation order) of convolutions on any device and is off by default.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from pydantic import Field

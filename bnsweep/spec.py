@@ -13,7 +13,8 @@ import itertools
 import json
 import math
 from collections import Counter
-from typing import Annotated, Any, Iterator, Literal, Union
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, PositiveFloat, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
@@ -32,11 +33,16 @@ TRAIN_VERSION = 1
 DatasetSpec = Annotated[Union[tuple(d.Spec for d in DATASETS.values())], Field(discriminator="name")]  # noqa: UP007
 
 ModelOptions = create_model(
-    "ModelOptions", __base__=Options,
-    **{family: (opts, Field(default_factory=opts, description=f"Options of the {family} architectures.")) for family, opts in MODEL_FAMILIES.items()},
+    "ModelOptions",
+    __base__=Options,
+    **{
+        family: (opts, Field(default_factory=opts, description=f"Options of the {family} architectures."))
+        for family, opts in MODEL_FAMILIES.items()
+    },
 )
 NormOptions = create_model(
-    "NormOptions", __base__=Options,
+    "NormOptions",
+    __base__=Options,
     **{name: (cls.Options, Field(default_factory=cls.Options, description=f"Options of norm {name!r}.")) for name, cls in NORMS.items()},
 )
 
@@ -44,13 +50,29 @@ NormOptions = create_model(
 class TrainSpec(Options):
     """Plain SGD with a constant learning rate [P: 'standard SGD', 'fixed learning rate']."""
 
-    steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="SGD steps per cell; unset: the architecture's protocol (15,000 for VGG [P]; 10,000 for the DLN [P]).")
-    batch_size: int | None = Field(None, gt=0, description="Samples per step; unset: the architecture's protocol (128 for VGG [P]; the whole training set, full-batch gradient descent, for the DLN [P]).")
-    eval_every: int = Field(1000, ge=0, description="Steps between full train/test evaluations (about every 1k in Fig. 1 [P]); 0 = only at the start and the end.")
+    steps: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_STEPS,
+        description="SGD steps per cell; unset: the architecture's protocol (15,000 for VGG [P]; 10,000 for the DLN [P]).",
+    )
+    batch_size: int | None = Field(
+        None,
+        gt=0,
+        description=("Samples per step; unset: the architecture's protocol (128 for VGG [P]; the whole training "
+                     "set, full-batch gradient descent, for the DLN [P])."),
+    )
+    eval_every: int = Field(
+        1000,
+        ge=0,
+        description="Steps between full train/test evaluations (about every 1k in Fig. 1 [P]); 0 = only at the start and the end.",
+    )
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum; 0 in the paper [I].")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay; 0 in the paper [P].")
     augment: bool = Field(False, description="Random crop and flip (cifar10 only); off in the paper [P].")
-    divergence_factor: float = Field(1000.0, gt=1, description="A cell is 'diverged' once its training loss is NaN/inf or above this multiple of its step-0 loss.")
+    divergence_factor: float = Field(
+        1000.0, gt=1, description="A cell is 'diverged' once its training loss is NaN/inf or above this multiple of its step-0 loss."
+    )
     eval_batch_size: int = Field(1000, gt=0, description="Samples per forward pass during evaluation (memory only).")
 
 
@@ -70,8 +92,10 @@ class Execution(Options):
     """How cells run; never part of a cell's identity (results do not depend on it)."""
 
     pack: int | Literal["auto"] = Field(
-        1, description="Cells trained together in one trial as one program over stacked parameters (they must share "
-                       "everything but lr and seed). 1 = one cell per trial. auto = 1 on CPU, 8 on a GPU.")
+        1,
+        description="Cells trained together in one trial as one program over stacked parameters (they must share "
+        "everything but lr and seed). 1 = one cell per trial. auto = 1 on CPU, 8 on a GPU.",
+    )
 
     @field_validator("pack")
     @classmethod
@@ -91,11 +115,20 @@ class Settings(Options):
     train: TrainSpec = Field(default_factory=TrainSpec)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the cell was given a GPU, else CPU.")
     resources: Resources = Field(default_factory=Resources, description="Ray resources per cell.")
-    measure: MeasureSpec = Field(default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default).")
-    checkpoint_every: int = Field(1000, ge=0, description="Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes from its last one. 0 = never. Results do not depend on it.")
-    performance: Performance = Field(default_factory=Performance, description="How a cell runs on a GPU: precision (TF32 or not), cuDNN autotuning, memory layout, determinism.")
-    execution: Execution = Field(default_factory=Execution,
-                                 description="How cells run (packing); results do not depend on it.")
+    measure: MeasureSpec = Field(
+        default_factory=MeasureSpec, description="Measurements taken during training, each with a schedule (none by default)."
+    )
+    checkpoint_every: int = Field(
+        1000,
+        ge=0,
+        description=("Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes "
+                     "from its last one. 0 = never. Results do not depend on it."),
+    )
+    performance: Performance = Field(
+        default_factory=Performance,
+        description="How a cell runs on a GPU: precision (TF32 or not), cuDNN autotuning, memory layout, determinism.",
+    )
+    execution: Execution = Field(default_factory=Execution, description="How cells run (packing); results do not depend on it.")
 
 
 def _unique(kind: str, values: list) -> list:
@@ -112,8 +145,13 @@ class Grid(Options):
     norm: list[str] = Field(min_length=1, description=f"Normalisation variants: {', '.join(NORMS)}.")
     lr: list[PositiveFloat] = Field(min_length=1, description="Learning rates (0.1 for VGG, 1e-6 for the DLN in the paper [P]).")
     seed: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
-        [0], min_length=1, description=f"Seeds: initialisation, batch order and noise; 0 to {MAX_SEED:.0e}.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Settings for this block's cells (dataset, model, norm_options, train, device, resources, measure, performance, execution), merged over the top level.")
+        [0], min_length=1, description=f"Seeds: initialisation, batch order and noise; 0 to {MAX_SEED:.0e}."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description=("Settings for this block's cells (dataset, model, norm_options, train, device, resources, "
+                     "measure, performance, execution), merged over the top level."),
+    )
 
     @field_validator("arch")
     @classmethod
@@ -141,9 +179,11 @@ class Grid(Options):
 class SweepSpec(Settings):
     """A sweep: a name, where its tables go, default settings, and one or more grids."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME,
-                      description=f"Sweep name; a partition value in every table and a file name "
-                                  f"(at most {MAX_NAME} characters).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=MAX_NAME,
+        description=f"Sweep name; a partition value in every table and a file name (at most {MAX_NAME} characters).",
+    )
     output: str = Field(description="Where the tables go: a local or shared path (later also s3://, gs://).")
     grid: list[Grid] = Field(min_length=1, description="A grid, or a list of grids whose cells are concatenated.")
 
@@ -167,7 +207,9 @@ class SweepSpec(Settings):
     def _has_dataset(self) -> SweepSpec:
         for i, g in enumerate(self.grid):
             if self.dataset is None and "dataset" not in g.overrides:
-                raise ValueError(f"no dataset for grid[{i}]: set `dataset:` at the top level or in grid[{i}].overrides; known: {', '.join(DATASETS)}")
+                raise ValueError(
+                    f"no dataset for grid[{i}]: set `dataset:` at the top level or in grid[{i}].overrides; known: {', '.join(DATASETS)}"
+                )
         return self
 
 
@@ -254,10 +296,13 @@ def check_count(spec: SweepSpec, max_cells: int = MAX_CELLS) -> int:
     """The cell count, refused above `max_cells` before any cell is built."""
     n = count_cells(spec)
     if n > max_cells:
-        sizes = "; ".join(f"grid[{i}]: {len(g.arch)} arch x {len(g.norm)} norm x {len(g.lr)} lr x {len(g.seed)} seed"
-                          for i, g in enumerate(spec.grid[:3])) + ("; ..." if len(spec.grid) > 3 else "")
-        raise UserError(f"the spec expands to {n:,} cells ({sizes}); at most {max_cells:,} are allowed: "
-                        f"split the sweep, or raise the limit with --max-cells")
+        sizes = "; ".join(
+            f"grid[{i}]: {len(g.arch)} arch x {len(g.norm)} norm x {len(g.lr)} lr x {len(g.seed)} seed" for i, g in enumerate(spec.grid[:3])
+        ) + ("; ..." if len(spec.grid) > 3 else "")
+        raise UserError(
+            f"the spec expands to {n:,} cells ({sizes}); at most {max_cells:,} are allowed: "
+            f"split the sweep, or raise the limit with --max-cells"
+        )
     return n
 
 
@@ -271,15 +316,18 @@ def _check_block(where: str, g: Grid, s: Settings) -> DatasetInfo:
     """What needs a block's whole settings: data, devices, architectures, measured layers; returns the data's info."""
     info = DATASETS[s.dataset.name].info(s.dataset)
     if s.train.augment and DATASETS[s.dataset.name].augment is None:
-        raise UserError(f"{where}: train.augment: true is not supported for dataset {s.dataset.name!r}; datasets with augmentation: "
-                        + ", ".join(n for n, d in DATASETS.items() if d.augment is not None))
+        raise UserError(
+            f"{where}: train.augment: true is not supported for dataset {s.dataset.name!r}; datasets with augmentation: "
+            + ", ".join(n for n, d in DATASETS.items() if d.augment is not None)
+        )
     for arch in g.arch:
         if (batch := trained(s, arch, info).batch_size) > info.train_size:
-            raise UserError(f"{where}: train.batch_size: {batch} is larger than the training set of dataset "
-                            f"{s.dataset.name!r} ({info.train_size} samples); at most {info.train_size}")
+            raise UserError(
+                f"{where}: train.batch_size: {batch} is larger than the training set of dataset "
+                f"{s.dataset.name!r} ({info.train_size} samples); at most {info.train_size}"
+            )
     if (values := math.prod(info.input_shape) * info.train_size) > MAX_DATA_ELEMENTS:
-        raise UserError(f"{where}: dataset {s.dataset.name!r}: {values:,} training values; "
-                        f"at most {MAX_DATA_ELEMENTS:,} fit one device")
+        raise UserError(f"{where}: dataset {s.dataset.name!r}: {values:,} training values; at most {MAX_DATA_ELEMENTS:,} fit one device")
     if s.device == "cuda" and s.resources.gpu == 0:
         raise UserError(f"{where}: device: cuda needs resources.gpu > 0 (got gpu: 0)")
     for arch in g.arch:
@@ -290,7 +338,9 @@ def _check_block(where: str, g: Grid, s: Settings) -> DatasetInfo:
         n = count_weight_layers(arch, getattr(s.model, MODELS[arch].family), info)
         for name, layers in layered(s.measure):
             if bad := [k for k in layers if not 1 <= k <= n]:
-                raise UserError(f"{where}: measure.{name}.layers: {short(bad)} out of range for arch {arch!r}, whose weight layers are #1..#{n}")
+                raise UserError(
+                    f"{where}: measure.{name}.layers: {short(bad)} out of range for arch {arch!r}, whose weight layers are #1..#{n}"
+                )
     return info
 
 
@@ -301,8 +351,9 @@ def _worker_accepts(cell: CellConfig, where: str) -> None:
     except ValidationError as e:
         raise UserError(f"{where}: a cell does not survive the trip to a worker: {validation_error(e)}") from None
     if again != cell:
-        raise UserError(f"{where}: a cell changes on the trip to a worker "
-                        f"(arch={cell.arch} norm={cell.norm} lr={cell.lr:g} seed={cell.seed})")
+        raise UserError(
+            f"{where}: a cell changes on the trip to a worker (arch={cell.arch} norm={cell.norm} lr={cell.lr:g} seed={cell.seed})"
+        )
 
 
 def iter_cells(spec: SweepSpec) -> Iterator[CellConfig]:
@@ -319,17 +370,30 @@ def iter_cells(spec: SweepSpec) -> Iterator[CellConfig]:
         train = {arch: trained(s, arch, info) for arch in g.arch}
         for arch, norm, lr, seed in itertools.product(g.arch, g.norm, g.lr, g.seed):
             cell = CellConfig(
-                sweep=spec.name, arch=arch, norm=norm, lr=lr, seed=seed, dataset=s.dataset,
-                model=getattr(s.model, MODELS[arch].family), norm_options=getattr(s.norm_options, norm),
-                train=train[arch], device=s.device, resources=s.resources, measure=s.measure,
-                checkpoint_every=s.checkpoint_every, performance=s.performance, execution=s.execution,
+                sweep=spec.name,
+                arch=arch,
+                norm=norm,
+                lr=lr,
+                seed=seed,
+                dataset=s.dataset,
+                model=getattr(s.model, MODELS[arch].family),
+                norm_options=getattr(s.norm_options, norm),
+                train=train[arch],
+                device=s.device,
+                resources=s.resources,
+                measure=s.measure,
+                checkpoint_every=s.checkpoint_every,
+                performance=s.performance,
+                execution=s.execution,
             )
             if (arch, norm) not in checked:  # settings are shared per (arch, norm): one cell each shows the round trip holds
                 _worker_accepts(cell, where)
                 checked.add((arch, norm))
             cid = cell.cell_id
             if cid in seen:
-                raise UserError(f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once")
+                raise UserError(
+                    f"{where}: cell arch={arch} norm={norm} lr={lr:g} seed={seed} appears in more than one grid; each cell may appear once"
+                )
             seen.add(cid)
             yield cell
 

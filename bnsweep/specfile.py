@@ -9,8 +9,8 @@ anything is built from it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 from pydantic import ValidationError

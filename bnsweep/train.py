@@ -29,7 +29,6 @@ from bnsweep.performance import Performance, applied, checks_every, layout
 from bnsweep.spec import CellConfig
 
 
-
 @dataclass
 class TrainResult:
     status: Literal["done", "diverged"]

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, TINY_DLN, tiny_spec, tree_digest, write_spec
 
 from bnsweep.cli import main
-from conftest import ROOT, TINY_DLN, tiny_spec, tree_digest, write_spec
 
 
 def with_grid(**changes):

@@ -7,9 +7,9 @@ install it (CI's `.ci/run` installs it; a test never installs software).
 import shutil
 
 import pytest
+from conftest import ROOT
 
 from analysis import figures
-from conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser, pytest.mark.slow]  # the report comes from a real sweep
 

@@ -4,18 +4,16 @@ import io
 
 import pytest
 import torch
+from conftest import TIMING
+from test_measure_cells import ALL_ON, with_measure
+from test_train import cell
 
 from bnsweep.cell import run_cell
-from bnsweep.norms import NORMS
 from bnsweep.layout import SCHEMAS
+from bnsweep.norms import NORMS
 from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainState, train_cell
-from test_measure_cells import ALL_ON, with_measure
-from conftest import TIMING
-from test_train import cell
-
-
 
 
 class Stop(Exception):

@@ -3,10 +3,10 @@
 import numpy as np
 import polars as pl
 import pytest
+from synthetic import SWEEP, write_measurements, write_runs
 
 from analysis import claims, load, ranges, smoothness, summaries
 from analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, SUPPORTED
-from synthetic import SWEEP, write_measurements, write_runs
 
 
 def check(out, **kw):

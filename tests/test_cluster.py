@@ -11,17 +11,17 @@ import time
 import polars as pl
 import pytest
 import yaml
+from conftest import ROOT, TIMING, TINY_VGG, tiny_spec, write_spec
+from test_sweep import assert_complete, scan
 
 from bnsweep.cell import run_cell
 from bnsweep.cli import main
 from bnsweep.cluster import validate_cluster
 from bnsweep.errors import UserError
-from bnsweep.lock import RunLock
 from bnsweep.layout import SCHEMAS
+from bnsweep.lock import RunLock
 from bnsweep.records import Store
 from bnsweep.specfile import load_cells
-from conftest import ROOT, TIMING, TINY_VGG, tiny_spec, write_spec
-from test_sweep import assert_complete, scan
 
 pytestmark = pytest.mark.ray
 VOLATILE = set(TIMING)

@@ -7,11 +7,11 @@ import types
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from bnsweep.cli import main
 from bnsweep.cluster import validate_cluster
 from bnsweep.errors import UserError
-from conftest import ROOT
 
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("cluster*.yaml"), *(ROOT / "cluster").glob("*")])
 

@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from conftest import tree_digest  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from bnsweep.cli import main  # noqa: E402
-from conftest import tree_digest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

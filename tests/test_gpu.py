@@ -18,13 +18,13 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_spec, write_spec
+from test_data import write_fake_cifar10
 
 from bnsweep.cell import run_cell
 from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainState, train_cell
-from conftest import tiny_spec, write_spec
-from test_data import write_fake_cifar10
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
+from synthetic import SWEEP, write_cell
 
 from analysis import groups, load, report, summaries
 from bnsweep.cli import main
 from bnsweep.records import Store
-from synthetic import SWEEP, write_cell
 
 FINALS = {
     (50, "none"): [0.90, 0.92],

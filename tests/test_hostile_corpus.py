@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import TINY_DLN, tiny_spec, tree_digest, write_spec
 
 from bnsweep.cli import main
-from conftest import TINY_DLN, tiny_spec, tree_digest, write_spec
 
 CORPUS = Path(__file__).parent / "hostile"
 SPECS = sorted(CORPUS.glob("*.yaml"))
@@ -61,6 +61,7 @@ def test_spec_case(case, command, scratch, capsys):
 @pytest.mark.parametrize("case", ARGVS, ids=[p.stem for p in ARGVS])
 def test_argv_case(case, scratch, capsys):
     import synthetic
+
     from bnsweep.records import Store
 
     synthetic.write_runs(str(scratch / "tables"))

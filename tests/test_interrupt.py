@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, write_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

@@ -7,15 +7,15 @@ import sys
 
 import polars as pl
 import pytest
+from conftest import ROOT
+from synthetic import write_runs
+from test_train import cell
 
 from bnsweep import layout
 from bnsweep.cell import run_cell
 from bnsweep.cli import main
 from bnsweep.records import Store
 from bnsweep.runner import pending_cells
-from conftest import ROOT
-from synthetic import write_runs
-from test_train import cell
 
 
 def python(code: str) -> subprocess.CompletedProcess:

@@ -4,12 +4,12 @@ counted before they are expanded, expanded one cell at a time, and checked for d
 from __future__ import annotations
 
 import pytest
+from conftest import TINY_DLN, tiny_spec, write_spec
 
 from analysis import query, sqlguard
 from bnsweep.cli import main
 from bnsweep.errors import UserError
 from bnsweep.records import Store, table
-from conftest import TINY_DLN, tiny_spec, write_spec
 
 TABLES = ("cells", "steps", "evals")
 
@@ -97,7 +97,8 @@ def test_table_format_counts_a_short_result(tmp_path, capsys):
 
 
 def test_cell_count_is_checked_before_any_cell_is_built(tmp_path, monkeypatch, capsys):
-    from bnsweep import spec as spec_module, specfile
+    from bnsweep import spec as spec_module
+    from bnsweep import specfile
 
     built = []
 
@@ -132,8 +133,8 @@ def test_cell_count_is_checked_before_any_cell_is_built(tmp_path, monkeypatch, c
 
 def test_cells_stream_one_at_a_time(tmp_path):
     """iter_cells yields the first cell before it builds the rest; duplicates across grids are still found."""
-    from bnsweep.specfile import load_spec
     from bnsweep.spec import iter_cells
+    from bnsweep.specfile import load_spec
 
     spec = load_spec(
         write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[TINY_DLN, {**TINY_DLN, "seed": [1, 2]}]))

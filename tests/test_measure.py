@@ -14,11 +14,11 @@ import torch.nn as nn
 
 from bnsweep.data import DatasetInfo
 from bnsweep.measure import MEASURES, MeasureSpec
-from bnsweep.measure.session import Measurements
 from bnsweep.measure.activations import QUANTILES
 from bnsweep.measure.curvature import power_iteration
 from bnsweep.measure.probe import generators
 from bnsweep.measure.schedule import Schedule
+from bnsweep.measure.session import Measurements
 from bnsweep.models import DlnOptions, VggOptions, build_model, weight_layers
 from bnsweep.norms import NORMS, norm_layer
 

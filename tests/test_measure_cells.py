@@ -2,18 +2,18 @@
 
 import polars as pl
 import pytest
+from conftest import MEASURE_ALL, TINY_DLN, tiny_spec, write_spec
+from test_train import cell
 
 from bnsweep.cell import run_cell
 from bnsweep.cli import main
+from bnsweep.layout import SCHEMAS
 from bnsweep.measure import MEASURES
 from bnsweep.norms import NORMS
-from bnsweep.layout import SCHEMAS
 from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 from bnsweep.specfile import load_cells
 from bnsweep.train import train_cell
-from conftest import MEASURE_ALL, TINY_DLN, tiny_spec, write_spec
-from test_train import cell
 
 ALL_ON = MEASURE_ALL
 

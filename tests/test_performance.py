@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from test_measure_cells import ALL_ON, with_measure
+from test_train import cell
 
 from bnsweep import performance
 from bnsweep.data import load_data
@@ -10,8 +12,6 @@ from bnsweep.performance import Performance, applied, effective
 from bnsweep.records import cells_row
 from bnsweep.spec import CellConfig
 from bnsweep.train import evaluate, train_cell
-from test_measure_cells import ALL_ON, with_measure
-from test_train import cell
 
 
 def with_perf(c: CellConfig, **perf) -> CellConfig:

@@ -6,11 +6,11 @@ import re
 import polars as pl
 import pytest
 import vl_convert as vlc
+from synthetic import write_runs
 
 from analysis import figures, load, report
 from analysis.html import VL_VERSION
 from bnsweep.cli import main
-from synthetic import write_runs
 
 pytestmark = pytest.mark.ray
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import TINY_DLN, tiny_spec, write_spec
 
 from bnsweep.cli import main
 from bnsweep.records import Store
 from bnsweep.specfile import load_cells
-from conftest import TINY_DLN, tiny_spec, write_spec
 
 pytestmark = pytest.mark.ray
 SECRET = "bnsweep-test-secret-never-stored"

@@ -3,10 +3,10 @@
 from collections import defaultdict
 
 import pytest
+from conftest import ROOT
 
 from bnsweep.norms import NORMS
 from bnsweep.specfile import load_cells
-from conftest import ROOT
 
 CHEAP = [p for p in sorted((ROOT / "sweeps").glob("*.yaml")) if p.name != "quickstart.yaml"]  # quickstart: a 2-minute demo
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bnsweep.specfile import load_cells
 from conftest import ROOT, TINY_DLN, TINY_VGG, tiny_spec, write_spec
 from test_sweep import assert_complete
+
+from bnsweep.specfile import load_cells
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.slurm]
 BINARIES = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sinfo", "sbatch", "scontrol", "scancel",

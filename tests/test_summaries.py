@@ -3,9 +3,9 @@
 import numpy as np
 import polars as pl
 import pytest
+from synthetic import SWEEP, write_measurements, write_runs
 
 from analysis import load, smoothness, summaries
-from synthetic import SWEEP, write_measurements, write_runs
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from conftest import MEASURE_ALL, ROOT, TIMING, TINY_DLN, TINY_VGG, tiny_spec, tree_digest, write_spec
 
 from bnsweep.cli import main
 from bnsweep.layout import KEYS, SCHEMAS
 from bnsweep.records import Store
 from bnsweep.specfile import load_cells
-from conftest import MEASURE_ALL, ROOT, TIMING, TINY_DLN, TINY_VGG, tiny_spec, tree_digest, write_spec
 
 pytestmark = pytest.mark.ray
 KEY_NAMES = [f.name for f in KEYS]

@@ -4,11 +4,11 @@ its robustness to a spike, on drawn per-seed values and on synthetic per-step ta
 import numpy as np
 import polars as pl
 import pytest
+from synthetic import landscape_draws
 
 from analysis import compare, smoothness
 from analysis.compare import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from analysis.settings import Settings
-from synthetic import landscape_draws
 
 SIM = Settings(resamples=2000)  # per draw; 10,000 would only smooth the percentile ends
 DRAWS = 1000

@@ -10,8 +10,8 @@ training left them. All evaluations are in training mode, on the step's batch [I
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
