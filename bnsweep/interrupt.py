@@ -43,6 +43,9 @@ class StopOnInterrupt:
             print(
                 "\ninterrupted: stopping the running cells (Ctrl-C again to exit at once)", file=sys.stderr, flush=True
             )
+            # Known limit: when the signal lands while Python runs a finalizer (seen once in logging's
+            # _releaseLock during Ray start-up), Python prints "Exception ignored in ..." with a traceback
+            # on stderr and the run still stops at the next check (exit 130, lock released).
             raise KeyboardInterrupt
         print("\ninterrupted twice: exiting now", file=sys.stderr, flush=True)
         os._exit(130)

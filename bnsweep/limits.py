@@ -14,6 +14,11 @@ MAX_INT = 2**63 - 1  # every integer of a spec ends up in an int64 column or a t
 MAX_NAME = 200  # bytes; file names hold 255, and the lock and partition names add up to 10
 MAX_DATA_ELEMENTS = 10**9  # gaussian_regression dim * (samples + test_samples): 4 GB of float32 on one device
 
+MAX_WIDTH = 10**5  # units per layer (DLN width, VGG mlp_hidden); the paper uses 10 and 512
+MAX_DEPTH = 10**3  # DLN layers; the paper uses 25
+MAX_VGG_WIDTH = 64.0  # VGG channel multiplier: up to 32,768 channels
+MAX_PARAMETERS = 10**9  # trainable values of one model: 4 GB of float32, before gradients and probes
+
 MAX_SPEC_BYTES = 10 * 2**20  # a sweep file is read whole
 MAX_YAML_NODES = 10**6  # scalars + collections after every alias is expanded (a billion-laughs file needs 10^9)
 MAX_YAML_DEPTH = 100  # nesting of collections; a spec needs about 6

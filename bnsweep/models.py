@@ -15,6 +15,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from bnsweep.errors import UserError
+from bnsweep.limits import MAX_DEPTH, MAX_VGG_WIDTH, MAX_WIDTH
 from bnsweep.norms import NORM_TYPES, NormLayer
 from bnsweep.options import Options
 
@@ -32,16 +33,20 @@ VGG_CFGS: dict[str, list[int | str]] = {
 
 
 class VggOptions(Options):
-    width: float = Field(1.0, gt=0, description="Channel multiplier applied to every conv layer (1 = the paper's VGG-16 widths).")
+    width: float = Field(
+        1.0, gt=0, le=MAX_VGG_WIDTH, description="Channel multiplier applied to every conv layer (1 = the paper's VGG-16 widths)."
+    )
     head: Literal["linear", "mlp"] = Field(
         "linear", description="Classifier: one Linear(C, classes) [I], or Linear-norm-ReLU twice then Linear [U]."
     )
-    mlp_hidden: int = Field(512, gt=0, description="Hidden units of the `mlp` head, before the width multiplier.")
+    mlp_hidden: int = Field(512, gt=0, le=MAX_WIDTH, description="Hidden units of the `mlp` head, before the width multiplier.")
 
 
 class DlnOptions(Options):
-    depth: int = Field(25, ge=2, description="Number of linear layers (25 in the paper) [P].")
-    width: int = Field(10, gt=0, description="Hidden width; input and output widths follow the data (10x10 layers in the paper) [P].")
+    depth: int = Field(25, ge=2, le=MAX_DEPTH, description="Number of linear layers (25 in the paper) [P].")
+    width: int = Field(
+        10, gt=0, le=MAX_WIDTH, description="Hidden width; input and output widths follow the data (10x10 layers in the paper) [P]."
+    )
     bias: bool = Field(False, description="Add biases. The paper's DLN is W_1 ... W_25 x, without biases [P].")
 
 
@@ -192,10 +197,16 @@ def layer_outputs(model: nn.Module) -> list[nn.Module]:
 
 
 @functools.lru_cache(maxsize=64)
-def count_weight_layers(arch: str, options: Options, info: DatasetInfo) -> int:
-    """How many weight layers `arch` has on this data, without allocating it (meta device)."""
+def model_size(arch: str, options: Options, info: DatasetInfo) -> tuple[int, int]:
+    """(weight layers, parameters) of `arch` on this data, without allocating it (meta device)."""
     with torch.device("meta"):
-        return len(weight_layers(build_model(arch, options, norm_layer_none, info)))
+        model = build_model(arch, options, norm_layer_none, info)
+    return len(weight_layers(model)), sum(p.numel() for p in model.parameters())
+
+
+def count_weight_layers(arch: str, options: Options, info: DatasetInfo) -> int:
+    """How many weight layers `arch` has on this data."""
+    return model_size(arch, options, info)[0]
 
 
 def norm_layer_none(num_features: int) -> nn.Module:

@@ -20,9 +20,9 @@ from pydantic import Field, PositiveFloat, SerializeAsAny, ValidationError, crea
 
 from bnsweep.data import DATASETS, DatasetInfo
 from bnsweep.errors import UserError, register_model, unknown, validation_error
-from bnsweep.limits import MAX_CELLS, MAX_DATA_ELEMENTS, MAX_NAME, MAX_SEED, MAX_STEPS, short
+from bnsweep.limits import MAX_CELLS, MAX_DATA_ELEMENTS, MAX_NAME, MAX_PARAMETERS, MAX_SEED, MAX_STEPS, short
 from bnsweep.measure import MeasureSpec, layered
-from bnsweep.models import MODEL_FAMILIES, MODELS, count_weight_layers
+from bnsweep.models import MODEL_FAMILIES, MODELS, model_size
 from bnsweep.norms import NORMS
 from bnsweep.options import Options
 from bnsweep.performance import Performance
@@ -335,7 +335,10 @@ def _check_block(where: str, g: Grid, s: Settings) -> DatasetInfo:
             MODELS[arch].check(arch, info)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        n = count_weight_layers(arch, getattr(s.model, MODELS[arch].family), info)
+        n, params = model_size(arch, getattr(s.model, MODELS[arch].family), info)
+        if params > MAX_PARAMETERS:
+            raise UserError(f"{where}: model.{MODELS[arch].family}: arch {arch!r} would have {params:,} parameters; "
+                            f"at most {MAX_PARAMETERS:,} (lower its width or depth)")
         for name, layers in layered(s.measure):
             if bad := [k for k in layers if not 1 <= k <= n]:
                 raise UserError(
