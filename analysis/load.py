@@ -64,4 +64,5 @@ def table(output: str, name: str, sweep: str | None = None) -> pl.LazyFrame:
 def tables(output: str, sweep: str | None = None) -> dict[str, pl.LazyFrame]:
     """{name: LazyFrame} for every table present under `output` (for `sweep` only, if given)."""
     s = store(output)
-    return {name: s.scan(name, sweep) for name in TABLES if s.files(name, sweep)[0]}
+    listed = {name: s.files(name, sweep) for name in TABLES}
+    return {name: s.scan(name, sweep, listed=listed[name]) for name in TABLES if listed[name][0]}

@@ -198,15 +198,17 @@ class Store:
                 good.append(info.path)
         return sorted(good), bad
 
-    def scan(self, name: str, sweep: str | None = None, quiet: bool = False) -> pl.LazyFrame:
+    def scan(self, name: str, sweep: str | None = None, quiet: bool = False,
+             listed: tuple[list[str], dict[str, str]] | None = None) -> pl.LazyFrame:
         """Every trusted row of table `name` (of one sweep, if given) as a lazy, schema-fixed Polars scan.
 
-        Damaged and stray files are left out with a warning line naming each (unless `quiet`).
-        Files written before a column existed read with nulls there.
+        Damaged and stray files are left out with a warning line naming each (unless `quiet`); `listed`
+        is `files(name, sweep)` when the caller has it already. Files written before a column existed
+        read with nulls there.
         """
         import polars as pl
 
-        good, bad = self.files(name, sweep)
+        good, bad = listed if listed is not None else self.files(name, sweep)
         if not quiet:
             for path, why in bad.items():
                 warn(f"skipped {path}: {why}")
@@ -232,19 +234,30 @@ class Store:
         import polars as pl
 
         fix = required is not None
+        listed = {name: self.files(name, sweep) for name in TABLES}  # one listing per table
         damaged: set[str] = set()
-        for name in TABLES:
-            for path, why in self.files(name, sweep)[1].items():
-                base = path.rsplit("/", 1)[-1]
-                if not layout.CELL_FILE.match(base):
-                    warn(f"ignored {path}: {why}")
-                elif fix:
+        for _, bad in listed.values():
+            for path, why in bad.items():
+                if not fix or not layout.CELL_FILE.match(path.rsplit("/", 1)[-1]):
+                    warn(f"skipped {path}: {why}")
+                else:
                     self.move_aside(path, why)
-                    damaged.add(base.removesuffix(".parquet"))
-        t = self.scan("cells", sweep, quiet=fix).filter(pl.col("status").is_in(RESULT)).select("cell_id", "status").collect()
+                    damaged.add(path.rsplit("/", 1)[-1].removesuffix(".parquet"))
+        cells = self.scan("cells", sweep, quiet=True, listed=listed["cells"])
+        t = cells.filter(pl.col("status").is_in(RESULT)).select("cell_id", "status").collect()
         done = dict(zip(t["cell_id"], t["status"]))
         if not fix:
             return done
+        stem = lambda path: path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        have = {name: {stem(p) for p in listed[name][0]} for name in RESULT_TABLES}
+        cells_file = {stem(p): p for p in listed["cells"][0]}
+        for cell_id in [c for c in done if c in required]:
+            missing = [name for name in required[cell_id] if cell_id not in have[name]]
+            if cell_id in damaged or missing:
+                del done[cell_id]
+                self.move_aside(cells_file[cell_id], f"its result lacks {', '.join(missing)}" if missing
+                                else "a file of its result was damaged")
+        return done
         have = {name: {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in self.files(name, sweep)[0]}
                 for name in RESULT_TABLES}
         for cell_id in [c for c in done if c in required]:
