@@ -32,6 +32,8 @@ class DatasetInfo:
     out_dim: int  # classes, or target width for regression
     task: Literal["classification", "regression"]
     train_size: int  # samples in the training split
+    reduction: Literal["sum", "mean"] = "sum"  # regression: squared error summed or averaged over samples
+    half: bool = False  # regression: times 1/2
 
 
 @dataclass(frozen=True)
@@ -169,17 +171,28 @@ class GaussianRegressionSpec(Options):
     samples: int = Field(1000, gt=0, description="Training samples x ~ N(0, I) (1000 in the paper) [P].")
     test_samples: int = Field(1000, gt=0, description="Held-out samples from the same distribution [I].")
     seed: int = Field(0, ge=0, description="Seed of the problem instance (A and the samples), the same for every cell [I].")
+    a_std: float = Field(
+        1.0, gt=0, le=1e6, description="Standard deviation of A's i.i.d. normal entries (1 [I]; unstated; docs/dln-protocol.md)."
+    )
+    x_std: float = Field(1.0, gt=0, le=1e6, description="Standard deviation of the inputs' i.i.d. normal entries (1 [I]; unstated).")
+    reduction: Literal["sum", "mean"] = Field(
+        "sum", description="Squared error summed over samples [I: the plotted loss starts near 4e4], or averaged over them."
+    )
+    half: bool = Field(False, description="Multiply the squared error by 1/2, as TensorFlow's l2_loss does (unstated in the paper).")
+
+    late_fields: ClassVar[frozenset[str]] = frozenset({"a_std", "x_std", "reduction", "half"})
 
 
 class GaussianRegression:
-    """The DLN task [P]: targets A x with A 10x10 i.i.d. N(0, 1), x ~ N(0, I_10)."""
+    """The DLN task [P]: targets A x with A 10x10 i.i.d. N(0, a_std^2), x ~ N(0, x_std^2 I_10); the loss's
+    `reduction` and `half` are the task's too (`train.loss_fn`)."""
 
     Spec: ClassVar[type[Options]] = GaussianRegressionSpec
     augment = None
 
     @staticmethod
     def info(spec: GaussianRegressionSpec) -> DatasetInfo:
-        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression", spec.samples)
+        return DatasetInfo("gaussian_regression", (spec.dim,), spec.dim, "regression", spec.samples, spec.reduction, spec.half)
 
     @staticmethod
     def missing(spec: GaussianRegressionSpec) -> str | None:
@@ -194,6 +207,8 @@ class GaussianRegression:
         g = torch.Generator().manual_seed(spec.seed)
         a = torch.randn(spec.dim, spec.dim, generator=g)  # (D, D)
         x = torch.randn(spec.samples + spec.test_samples, spec.dim, generator=g)  # (N, D)
+        if spec.a_std != 1 or spec.x_std != 1:  # scaled after the same draws: the default stays bit for bit
+            a, x = a * spec.a_std, x * spec.x_std
         y = x @ a.T  # targets A x
         return x[: spec.samples], y[: spec.samples], x[spec.samples :], y[spec.samples :]
 

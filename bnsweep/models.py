@@ -48,13 +48,17 @@ class DlnOptions(Options):
         10, gt=0, le=MAX_WIDTH, description="Hidden width; input and output widths follow the data (10x10 layers in the paper) [P]."
     )
     bias: bool = Field(False, description="Add biases. The paper's DLN is W_1 ... W_25 x, without biases [P].")
+    norm_last: bool = Field(False, description="Also normalise the last layer's output (not done by default [I]; unstated in the paper).")
+    init: Literal["glorot_uniform", "glorot_normal"] = Field("glorot_uniform", description="Glorot init [P], uniform [I] or normal.")
+
+    late_fields: ClassVar[frozenset[str]] = frozenset({"norm_last", "init"})
 
 
-def glorot_(model: nn.Module) -> nn.Module:
-    """Glorot-uniform weights and zero biases for every conv and linear layer [P; uniform is I]."""
+def glorot_(model: nn.Module, normal: bool = False) -> nn.Module:
+    """Glorot-uniform (or -normal) weights and zero biases for every conv and linear layer [P; uniform is I]."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
+            (nn.init.xavier_normal_ if normal else nn.init.xavier_uniform_)(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return model
@@ -128,7 +132,7 @@ class VGG(nn.Module):
 
 
 class DLN(nn.Module):
-    """Deep linear network: x -> W_depth ... W_2 W_1 x, a norm after every layer but the last [I]."""
+    """Deep linear network: x -> W_depth ... W_2 W_1 x, a norm after every layer but the last [I] (or every layer)."""
 
     family: ClassVar[str] = "dln"
     Options: ClassVar[type[Options]] = DlnOptions
@@ -139,10 +143,10 @@ class DLN(nn.Module):
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b, bias=o.bias))
-            if i < o.depth - 1:
+            if i < o.depth - 1 or o.norm_last:
                 layers.append(norm_layer(b))
         self.body = nn.Sequential(*layers)
-        glorot_(self)
+        glorot_(self, normal=o.init == "glorot_normal")
 
     def forward(self, x):  # (B, D) -> (B, out_dim)
         return self.body(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -13,6 +15,18 @@ class Options(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # Fields added after cell ids were fixed: left out of a cell's identity while at their default,
+    # so the cells of earlier sweeps keep their ids (see `identity`).
+    late_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The JSON dump that goes into a cell id: every field, less late fields left at their default."""
+        d = self.model_dump(mode="json")
+        for k in self.late_fields:
+            if getattr(self, k) == type(self).model_fields[k].default:
+                del d[k]
+        return d
 
 
 class NoOptions(Options):

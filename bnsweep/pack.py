@@ -232,7 +232,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
     data = cast_data(load_data(cell.dataset, str(dev)), dtype)
     classification = data.info.task == "classification"
     t = cell.train
-    lf = loss_fn(data.info.task)
+    lf = loss_fn(data.info)
     augment = DATASETS[cell.dataset.name].augment if t.augment else None
     states = [new_state(c, data, dev, dtype) for c in cells]
     losses = torch.empty(K, t.steps, device=dev, dtype=torch.float64)

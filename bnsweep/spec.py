@@ -257,6 +257,7 @@ class CellConfig(Options):
         d["measure"] = self.measure.model_dump(mode="json", exclude_none=True, by_alias=True)
         if not d["measure"]:  # cells without measurements keep the ids they always had
             del d["measure"]
+        d["dataset"], d["model"] = self.dataset.identity(), self.model.identity()  # late options at their default: no change
         for k in ("root", "download"):
             d["dataset"].pop(k, None)
         d["train_version"] = TRAIN_VERSION

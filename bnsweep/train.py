@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnsweep.data import DATASETS, Data, load_data
+from bnsweep.data import DATASETS, Data, DatasetInfo, load_data
 from bnsweep.measure.session import Measurements
 from bnsweep.models import build_model
 from bnsweep.norms import norm_layer
@@ -53,11 +53,27 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def loss_fn(task: str):
-    """Mean softmax cross-entropy [I] for classification; the paper's sum of squares for regression [P]."""
-    if task == "classification":
+@dataclass(frozen=True)
+class SquaredError:
+    """`factor(n) * sum_i ||out_i - y_i||^2` over a batch of n [P]: factor 1/2 with `half`, 1/n with `reduction` mean."""
+
+    reduction: Literal["sum", "mean"] = "sum"
+    half: bool = False
+
+    def factor(self, n: int) -> float:
+        return (0.5 if self.half else 1.0) / (n if self.reduction == "mean" else 1)
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, D), (B, D) -> ()
+        sse, c = (out - y).pow(2).sum(), self.factor(len(y))
+        return sse if c == 1 else sse * c  # the default multiplies by nothing: bit for bit as always
+
+
+def loss_fn(info: DatasetInfo):
+    """Mean softmax cross-entropy [I] for classification; the paper's sum of squares for regression [P],
+    in the data set's reduction and factor (`gaussian_regression`'s `reduction`, `half`)."""
+    if info.task == "classification":
         return F.cross_entropy
-    return lambda out, y: (out - y).pow(2).sum()
+    return SquaredError(info.reduction, info.half)
 
 
 class BatchOrder:
@@ -81,7 +97,6 @@ class BatchOrder:
 def evaluate(model: torch.nn.Module, data: Data, step: int, batch_size: int) -> list[dict]:
     """Loss and accuracy on the whole train and test sets, in eval mode (running statistics)."""
     model.eval()
-    lf = loss_fn(data.info.task)
     rows = []
     classification = data.info.task == "classification"
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
@@ -93,14 +108,15 @@ def evaluate(model: torch.nn.Module, data: Data, step: int, batch_size: int) -> 
                 sums.append(F.cross_entropy(out, yb, reduction="sum"))
                 hits.append((out.argmax(1) == yb).sum())
             else:
-                sums.append(lf(out, yb))
+                sums.append((out - yb).pow(2).sum())
         total, correct = 0.0, 0
         for v in torch.stack(sums).tolist():  # summed in Python in batch order, as the floats always were
             total += v
         if classification:
-            correct = sum(torch.stack(hits).tolist())
-        rows.append({"step": step, "split": split,
-                     "loss": total / len(x) if classification else total,  # mean CE; regression: the sum, as trained
+            correct, loss = sum(torch.stack(hits).tolist()), total / len(x)  # mean CE
+        else:  # the training loss over the whole split
+            loss = total if (c := SquaredError(data.info.reduction, data.info.half).factor(len(x))) == 1 else total * c
+        rows.append({"step": step, "split": split, "loss": loss,
                      "accuracy": correct / len(x) if classification else None})
     model.train()
     return rows
@@ -283,7 +299,7 @@ def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint:
     st = new_state(cell, data, dev, dtype)
     model = st.model
     check_every = checks_every(dev)
-    lf = loss_fn(data.info.task)
+    lf = loss_fn(data.info)
     augment = DATASETS[cell.dataset.name].augment if t.augment else None
     res = TrainResult(status="done", device=str(dev))
     t0 = time.perf_counter()

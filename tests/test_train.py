@@ -37,7 +37,7 @@ def test_step_zero_loss_is_the_initial_model_on_the_first_batch():
     model = build_model(c.arch, c.model, norm_layer(c.norm, c.norm_options, _generator(c.seed, 1, torch.device("cpu"))), data.info)
     idx = BatchOrder(len(data.x_train), 32, _generator(c.seed, 0, torch.device("cpu")), torch.device("cpu")).next()
     out = model(data.x_train[idx])
-    assert res.steps["loss"][0] == pytest.approx(loss_fn("classification")(out, data.y_train[idx]).item(), rel=1e-6)
+    assert res.steps["loss"][0] == pytest.approx(loss_fn(data.info)(out, data.y_train[idx]).item(), rel=1e-6)
     assert res.steps["accuracy"][0] == (out.argmax(1) == data.y_train[idx]).float().mean().item()
 
 
