@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -172,7 +173,9 @@ class GaussianRegressionSpec(Options):
     test_samples: int = Field(1000, gt=0, description="Held-out samples from the same distribution [I].")
     seed: int = Field(0, ge=0, description="Seed of the problem instance (A and the samples), the same for every cell [I].")
     a_std: float = Field(
-        1.0, gt=0, le=1e6, description="Standard deviation of A's i.i.d. normal entries (1 [I]; unstated; docs/dln-protocol.md)."
+        0.1**0.5, gt=0, le=1e6,
+        description="Standard deviation of A's i.i.d. normal entries: sqrt(1/10), the reading that best reproduces the paper's "
+        "DLN plots (docs/dln-protocol.md); 1 is the reading of earlier bnsweep versions.",
     )
     x_std: float = Field(1.0, gt=0, le=1e6, description="Standard deviation of the inputs' i.i.d. normal entries (1 [I]; unstated).")
     reduction: Literal["sum", "mean"] = Field(
@@ -180,7 +183,7 @@ class GaussianRegressionSpec(Options):
     )
     half: bool = Field(False, description="Multiply the squared error by 1/2, as TensorFlow's l2_loss does (unstated in the paper).")
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"a_std", "x_std", "reduction", "half"})
+    late_fields: ClassVar[Mapping[str, Any]] = {"a_std": 1.0, "x_std": 1.0, "reduction": "sum", "half": False}
 
 
 class GaussianRegression:
@@ -207,7 +210,7 @@ class GaussianRegression:
         g = torch.Generator().manual_seed(spec.seed)
         a = torch.randn(spec.dim, spec.dim, generator=g)  # (D, D)
         x = torch.randn(spec.samples + spec.test_samples, spec.dim, generator=g)  # (N, D)
-        if spec.a_std != 1 or spec.x_std != 1:  # scaled after the same draws: the default stays bit for bit
+        if spec.a_std != 1 or spec.x_std != 1:  # scaled after the same draws: a_std 1 gives the earlier cells bit for bit
             a, x = a * spec.a_std, x * spec.x_std
         y = x @ a.T  # targets A x
         return x[: spec.samples], y[: spec.samples], x[spec.samples :], y[spec.samples :]

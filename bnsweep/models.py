@@ -8,7 +8,8 @@ biases zero [P]. "Layer #k" is the k-th weight layer from the input: `weight_lay
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -51,7 +52,7 @@ class DlnOptions(Options):
     norm_last: bool = Field(False, description="Also normalise the last layer's output (not done by default [I]; unstated in the paper).")
     init: Literal["glorot_uniform", "glorot_normal"] = Field("glorot_uniform", description="Glorot init [P], uniform [I] or normal.")
 
-    late_fields: ClassVar[frozenset[str]] = frozenset({"norm_last", "init"})
+    late_fields: ClassVar[Mapping[str, Any]] = {"norm_last": False, "init": "glorot_uniform"}
 
 
 def glorot_(model: nn.Module, normal: bool = False) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -16,15 +17,15 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    # Fields added after cell ids were fixed: left out of a cell's identity while at their default,
-    # so the cells of earlier sweeps keep their ids (see `identity`).
-    late_fields: ClassVar[frozenset[str]] = frozenset()
+    # Fields added after cell ids were fixed, each with the value every earlier cell had: left out of a
+    # cell's identity at that value, so earlier cells keep their ids, and a changed default changes ids.
+    late_fields: ClassVar[Mapping[str, Any]] = {}
 
     def identity(self) -> dict[str, Any]:
-        """The JSON dump that goes into a cell id: every field, less late fields left at their default."""
+        """The JSON dump that goes into a cell id: every field, less late fields at their earlier value."""
         d = self.model_dump(mode="json")
-        for k in self.late_fields:
-            if getattr(self, k) == type(self).model_fields[k].default:
+        for k, before in self.late_fields.items():
+            if d[k] == before:
                 del d[k]
         return d
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bnsweep.spec import CellConfig, SweepSpec, expand  # noqa: E402
 from studies.dln_batched import MOMENT_NORMS, train_batched  # noqa: E402
 
-# reading -> (dataset options, dln options), over bnsweep's defaults; fixed before any was run
+# reading -> (dataset options, dln options), over BASE; fixed before any was run
 READINGS: dict[str, tuple[dict, dict]] = {
     "today": ({}, {}),
     "half": ({"half": True}, {}),
@@ -46,9 +46,12 @@ PAPER = {"start": 4e4, "none": 1.6e3, "batch": 5e2, "l1": 1e2, "l2": 5e2, "linf"
 TAIL = 100  # end = median of the last TAIL steps' losses
 
 
+BASE = ({"a_std": 1.0}, {})  # `today`: bnsweep's reading before this study, whatever the defaults are now
+
+
 def options(reading: str) -> tuple[dict, dict]:
-    """A reading's overrides; `a+b` combines readings a and b (the study's second round)."""
-    data, model = {}, {}
+    """A reading's overrides over BASE; `a+b` combines readings a and b (the study's second round)."""
+    data, model = BASE
     for part in reading.split("+"):
         if part not in READINGS:
             raise SystemExit(f"unknown reading {part!r}; known: {', '.join(READINGS)} (combine with +)")
@@ -59,7 +62,7 @@ def options(reading: str) -> tuple[dict, dict]:
 def cells_of(reading: str, norms: list[str], lrs: list[float], seeds: int, steps: int) -> list[CellConfig]:
     data, model = options(reading)
     spec = SweepSpec.model_validate({
-        "name": f"dln_protocol_{reading}", "output": "unused", "device": "cpu",
+        "name": f"dln_protocol_{reading.replace('+', '_and_')}", "output": "unused", "device": "cpu",
         "dataset": {"name": "gaussian_regression", **data}, "model": {"dln": model},
         "train": {"steps": steps, "batch_size": 1000, "eval_every": 0},
         "grid": {"arch": ["dln"], "norm": norms, "lr": lrs, "seed": list(range(seeds))}})
@@ -114,7 +117,8 @@ def summarise(rows: list[dict]) -> dict:
                                                "end": statistics.median(ends), "end_min": min(ends), "end_max": max(ends),
                                                "diverged": sum(x["diverged_step"] is not None for x in sel), "n": len(sel)}
         at = {n: cells.get(f"{n}@1e-06") for n in NORMS}
-        start = statistics.median(x["start"] for x in mine if x["lr"] == 1e-6)
+        starts = [x["start"] for x in mine if x["lr"] == 1e-6]
+        start = statistics.median(starts) if starts else math.nan  # lr 1e-6 not run: nothing to score
         ours = {"start": start, **{n: at[n]["end"] if at[n] else math.nan for n in NORMS}}
         errs = [math.nan if math.isnan(ours[k]) else math.log10(ours[k] / PAPER[k]) if 0 < ours[k] < math.inf else math.inf
                 for k in PAPER]  # nan: not run; inf: diverged

@@ -96,7 +96,9 @@ def test_gaussian_regression_targets_are_a_times_x():
     a = torch.linalg.lstsq(xtr, ytr).solution.T  # recovers A exactly: the targets are noiseless
     torch.testing.assert_close(xte @ a.T, yte, rtol=1e-4, atol=1e-4)
     g = torch.Generator().manual_seed(spec.seed)
-    torch.testing.assert_close(a, torch.randn(10, 10, generator=g), rtol=1e-4, atol=1e-4)  # A ~ N(0, 1), drawn first
+    want = torch.randn(10, 10, generator=g) * spec.a_std  # A ~ N(0, a_std^2), drawn first
+    torch.testing.assert_close(a, want, rtol=1e-4, atol=1e-4)
+    assert spec.a_std == pytest.approx(0.1**0.5)  # the default: docs/dln-protocol.md
     assert not torch.equal(DATASETS["gaussian_regression"].load(GaussianRegressionSpec(seed=1))[1], ytr)
 
 

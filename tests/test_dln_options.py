@@ -16,7 +16,8 @@ from bnsweep.train import loss_fn, train_cell
 QUICKSTART = {
     "name": "quickstart", "output": "runs/quickstart", "device": "cpu", "train": {"eval_every": 250},
     "grid": [{"arch": ["dln"], "norm": ["none", "batch"], "lr": [1.0e-6, 3.0e-6, 1.0e-5], "seed": [0, 1],
-              "overrides": {"dataset": {"name": "gaussian_regression"}, "train": {"steps": 1500, "batch_size": 1000}}},
+              "overrides": {"dataset": {"name": "gaussian_regression", "a_std": 1.0},  # the A of those cells
+                           "train": {"steps": 1500, "batch_size": 1000}}},
              {"arch": ["vgg_mini"], "norm": ["none", "batch"], "lr": [0.05, 0.2, 1.0], "seed": [0, 1],
               "overrides": {"dataset": {"name": "digits"}, "model": {"vgg": {"width": 0.125}},
                             "train": {"steps": 1500, "batch_size": 64}}}],
@@ -36,29 +37,37 @@ def dln_cell(data: dict | None = None, model: dict | None = None, norm: str = "b
     return expand(spec)[0]
 
 
-def test_quickstart_cell_ids_are_unchanged():
+def test_cells_of_the_earlier_reading_keep_their_ids():
     cells = expand(SweepSpec.model_validate(QUICKSTART))
     assert {i: cells[i].cell_id for i in QUICKSTART_IDS} == QUICKSTART_IDS
 
 
 @pytest.mark.parametrize("section,key,value", [(s, k, v) for s, kv in LATE.items() for k, v in kv.items()])
-def test_a_late_option_changes_the_id_only_away_from_its_default(section, key, value):
-    base = dln_cell()
-    default = (GaussianRegressionSpec if section == "dataset" else DlnOptions).model_fields[key].default
-    same = dln_cell(**{"data" if section == "dataset" else "model": {key: default}})
+def test_a_late_option_changes_the_id_only_away_from_the_value_earlier_cells_had(section, key, value):
+    before = (GaussianRegressionSpec if section == "dataset" else DlnOptions).late_fields[key]
+    base = dln_cell(**{"data" if section == "dataset" else "model": {key: before}})
     other = dln_cell(**{"data" if section == "dataset" else "model": {key: value}})
-    assert same.cell_id == base.cell_id and other.cell_id != base.cell_id
-    assert key not in same.identity()[section] and other.identity()[section][key] == value
+    assert other.cell_id != base.cell_id
+    assert key not in base.identity()[section] and other.identity()[section][key] == value
+
+
+def test_late_fields_name_real_fields_with_values_they_accept():
+    for cls in (GaussianRegressionSpec, DlnOptions):
+        for key, before in cls.late_fields.items():
+            assert key in cls.model_fields
+            cls.model_validate({key: before})
 
 
 def test_data_scales_multiply_a_and_x():
-    base = GaussianRegressionSpec(samples=50, test_samples=10)
+    base = GaussianRegressionSpec(samples=50, test_samples=10, a_std=1.0)
     x, y, _, _ = DATASETS["gaussian_regression"].load(base)
     xs, ys, _, _ = DATASETS["gaussian_regression"].load(base.model_copy(update={"a_std": 3.0, "x_std": 0.5}))
     torch.testing.assert_close(xs, 0.5 * x, rtol=1e-6, atol=0)
     torch.testing.assert_close(ys, 1.5 * y, rtol=1e-5, atol=1e-6)
     a = torch.linalg.lstsq(x, y).solution.T  # the map the targets come from: A with N(0, 1) entries
     assert 0.6 < a.std().item() < 1.4 and torch.allclose(x @ a.T, y, atol=1e-4)
+    _, y_default, _, _ = DATASETS["gaussian_regression"].load(base.model_copy(update={"a_std": GaussianRegressionSpec().a_std}))
+    torch.testing.assert_close(y_default, y * 0.1**0.5, rtol=1e-5, atol=1e-6)  # the default: A with variance 1/10
 
 
 @pytest.mark.parametrize("reduction,half,factor",

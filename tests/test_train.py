@@ -49,7 +49,7 @@ def test_evaluation_schedule_and_regression_columns():
 
 
 def test_divergence_ends_the_cell_with_rows_up_to_the_bad_step():
-    res = train_cell(cell(norm="none", lr=1e-3, steps=200, eval_every=10))
+    res = train_cell(cell(norm="none", lr=3e-3, steps=200, eval_every=10))
     assert res.status == "diverged"
     d = res.diverged_step
     assert res.steps["step"] == list(range(d + 1))
@@ -57,7 +57,7 @@ def test_divergence_ends_the_cell_with_rows_up_to_the_bad_step():
     assert not (last == last and abs(last) < float("inf")) or last > 1000 * first
     assert all(loss <= 1000 * first for loss in res.steps["loss"][:-1])
     assert all(e["step"] <= d for e in res.evals)
-    ok = train_cell(cell(norm="batch", lr=1e-3, steps=200, eval_every=10))
+    ok = train_cell(cell(norm="batch", lr=3e-3, steps=200, eval_every=10))
     assert ok.status == "done"  # the same learning rate with BatchNorm trains
 
 
