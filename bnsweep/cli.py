@@ -124,6 +124,8 @@ def cmd_report(args) -> int:
         destinations.folder(args.dest)
     for written in report.write(args.output, args.dest, spec=args.spec):
         print(f"{written.line()}")
+        if written.note:
+            print(f"  {written.note}")
         for name, why in written.skipped.items():
             print(f"  skipped {name}: {why}")
     return 0
@@ -162,18 +164,23 @@ def cmd_query(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    import polars as pl
+
     from analysis import query
     from bnsweep.console import frame_table
 
-    cells = query.listing(args.output)
-    if cells.is_empty():
+    states = query.states(args.output)
+    cells = query.listing(args.output, states)
+    if cells.is_empty() and not any(st.line() for st in states):
         print(f"no cell of {args.output} has finished yet (the cells table is empty)")
         return 0
-    for t in query.totals(cells).iter_rows(named=True):
-        print(
-            f"sweep {t['sweep']}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
-            f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s"
-        )
+    totals = {t["sweep"]: t for t in query.totals(cells.filter(pl.col("wall_s").is_not_null())).iter_rows(named=True)}
+    for st in states:
+        t = totals.get(st.sweep)
+        head = (f"sweep {st.sweep}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
+                f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s" if t else
+                f"sweep {st.sweep}: no cell finished yet")
+        print(head + (f"; {st.line()}" if st.line() else ""))
     print()
     print(frame_table(cells, None))
     return 0

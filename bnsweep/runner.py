@@ -23,6 +23,7 @@ from bnsweep.layout import STATUSES
 from bnsweep.lock import RunLock
 from bnsweep.measure import enabled
 from bnsweep.records import Store
+from bnsweep.running import write_run
 from bnsweep.spec import CellConfig, packs
 
 RAY_ENV = {
@@ -246,6 +247,7 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
         with RunLock(store, cells[0].sweep) as lock:
             if ray is not None:
                 check_shared(ray, store, lock.path)
+            write_run(store, cells[0].sweep, cells)  # the total that `ls` and `report` on the running sweep compare with
             todo = pending_cells(cells, store)
             outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
             print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)

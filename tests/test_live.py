@@ -1,16 +1,24 @@
-"""The live view without Ray: the evaluation hook and its measurement summaries, and progress sidecars."""
+"""The live view without Ray: the evaluation hook and its measurement summaries, progress sidecars, and
+`ls` / `report` on a sweep that is still running (or was interrupted)."""
 
+import datetime as dt
 import json
 import math
+import os
+import socket
+import time
 
+import polars as pl
 import pytest
 from test_measure_cells import with_measure
 from test_train import cell
 
+from analysis import progress, report
 from bnsweep import layout, running
 from bnsweep.cell import run_cell, run_pack
+from bnsweep.cli import main
 from bnsweep.measure.session import summarise
-from bnsweep.records import Store
+from bnsweep.records import Store, cells_row, table
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainState, train_cell
 
@@ -88,3 +96,91 @@ def test_progress_sidecar_follows_the_checkpoint_and_goes_with_it(tmp_path):
                     (20, 10, True, 10), (25, 20, True, 20), (30, 20, True, 20)]
     assert store.get(side) is None and store.get(ckpt) is None
     assert running.progress(store) == []
+
+
+@pytest.fixture
+def half_run(tmp_path):
+    """A sweep of 4 cells part way: 2 finished, 1 started with a checkpoint at step 20, 1 not started."""
+    cells = [cell("dln", "batch", lr, seed=s, steps=40, eval_every=20) for lr in (1e-4, 1e-3) for s in (0, 1)]
+    store = Store(str(tmp_path / "out"))
+    running.write_run(store, "t", cells)
+    for c in cells[:2]:
+        assert run_cell(c, store)["status"] == "done"
+    running.write_progress(store, cells[2], 20, checkpointed=True)
+    return store, cells
+
+
+def hold_lock(store, alive: bool, started: str = "2000-01-01T00:00:00+00:00"):
+    rec = {"id": "x", "host": socket.gethostname() if alive else "elsewhere", "pid": os.getpid(),
+           "started": started, "heartbeat": time.time() - (0 if alive else 3600)}
+    store.put(layout.lock_file(store.root, "t"), json.dumps(rec).encode())
+
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_ls_shows_running_cells_with_their_checkpointed_step(half_run, alive, capsys):
+    store, cells = half_run
+    hold_lock(store, alive)
+    assert main(["ls", store.root]) == 0
+    out = capsys.readouterr().out
+    word = "running" if alive else "interrupted"
+    head = out.splitlines()[0]
+    assert head.startswith("sweep t: 2 cells, 2 done, 0 diverged, 0 failed; wall time")
+    assert head.endswith(f"1 cell {word}, 2 of 4 cells still to come")
+    row = next(line.split() for line in out.splitlines() if cells[2].cell_id in line)
+    assert row[6:8] == [word, "20/40"]
+    assert cells[3].cell_id not in out  # not started: counted, not listed
+
+
+def test_a_cell_not_yet_resumed_by_the_run_going_on_is_interrupted(half_run):
+    store, cells = half_run
+    hold_lock(store, True, started="2999-01-01T00:00:00+00:00")  # the driver started after the cell's last sidecar
+    st = progress.state(store, "t", pl.from_arrow(store.read("cells", "t")).select("cell_id", "status"))
+    assert st.live and {u["cell_id"]: u["state"] for u in st.unfinished}[cells[2].cell_id] == progress.INTERRUPTED
+    assert st.line() == "running: 0 cells running, 1 cell interrupted, 2 of 4 cells still to come"
+
+
+def test_ls_on_a_sweep_with_no_finished_cell_yet(tmp_path, capsys):
+    c = cell("dln", "batch", 1e-4, steps=40)
+    store = Store(str(tmp_path / "out"))
+    running.write_run(store, "t", [c])
+    running.write_progress(store, c, 0, checkpointed=False)
+    hold_lock(store, True)
+    assert main(["ls", store.root]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sweep t: no cell finished yet; running: 1 cell running, 1 of 1 cells still to come")
+    assert c.cell_id in out and "0/40" in out
+    assert main(["report", store.root, "-o", str(tmp_path / "rep")]) == 2
+    assert "no cell has finished" in capsys.readouterr().err
+
+
+def test_state_counts_failed_cells_as_still_to_come(half_run):
+    store, cells = half_run
+    failed = cells[3]
+    row = cells_row(failed, None, dt.datetime.now(dt.timezone.utc), 0.5, {}, "RuntimeError: boom")
+    store.write("cells", failed, table("cells", failed, {k: [v] for k, v in row.items()}))
+    st = progress.state(store, "t", pl.from_arrow(store.read("cells", "t")).select("cell_id", "status"))
+    assert st.total == 4 and st.results == 2 and st.to_come == 2 and not st.live
+    assert {u["cell_id"]: u["state"] for u in st.unfinished} == {cells[2].cell_id: progress.INTERRUPTED,
+                                                                 failed.cell_id: progress.RETRY}
+
+
+def test_report_on_a_running_sweep_labels_unfinished_cells(half_run, tmp_path, capsys):
+    store, cells = half_run
+    hold_lock(store, True)
+    assert main(["report", store.root, "-o", str(tmp_path / "rep")]) == 0
+    assert "  running: 1 cell running, 2 of 4 cells still to come" in capsys.readouterr().out.splitlines()
+    html = (tmp_path / "rep" / "t" / "report.html").read_text()
+    assert "Sweep still running" in html and "2 of 4 cells still to come" in html
+    assert cells[2].cell_id in html and "running at step 20 / 40" in html
+    assert cells[3].cell_id in html and "not started" in html
+    unfinished = html.split("still to come")[1].split("</table>")[0]
+    assert cells[0].cell_id not in unfinished and cells[1].cell_id not in unfinished  # finished: not in that table
+
+
+def test_report_of_a_finished_sweep_says_nothing_is_to_come(half_run, tmp_path):
+    store, cells = half_run
+    running.remove_progress(store, cells[2])
+    running.write_run(store, "t", cells[:2])  # the latest run had only the finished cells
+    [written] = report.write(store.root, tmp_path / "rep")
+    html = (written.folder / "report.html").read_text()
+    assert written.note == "" and "still to come" not in html and "Sweep still running" not in html
