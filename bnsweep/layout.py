@@ -4,6 +4,7 @@
     <output>/_checkpoints/sweep=<name>/<cell_id>.pt                          a running cell's resumable state
     <output>/_checkpoints/sweep=<name>/<cell_id>.json                        its progress: step checkpointed, of how many
     <output>/_runs/<name>.json                                                the cells of the sweep's latest run (its total)
+    <output>/_logs/<name>/                                                    live logs (`run --log`): TensorBoard, W&B, MLflow
     <output>/_locks/<name>.json                                               the run lock of a sweep
     <output>/_damaged/<relative path>.<utc time>                              damaged files, moved aside, never deleted
 
@@ -100,6 +101,11 @@ def runs_dir(root: str) -> str:
 def run_file(root: str, sweep: str) -> str:
     """The cells of a sweep's latest `run`, written by the driver before any cell starts: the total a report compares with."""
     return f"{runs_dir(root)}/{sweep}.json"
+
+
+def logs_dir(root: str, sweep: str) -> str:
+    """The default folder of a sweep's live logs (`bnsweep run --log ...`)."""
+    return f"{root}/_logs/{sweep}"
 
 
 def lock_file(root: str, sweep: str) -> str:

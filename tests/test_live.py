@@ -1,4 +1,5 @@
-"""The live view without Ray: the evaluation hook and its measurement summaries, progress sidecars, and
+"""The live view without Ray: the evaluation hook and its measurement summaries, progress sidecars,
+the reporter that takes reports off the training thread, the progress line, the logger registry, and
 `ls` / `report` on a sweep that is still running (or was interrupted)."""
 
 import datetime as dt
@@ -6,19 +7,24 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 
 import polars as pl
 import pytest
+from conftest import tiny_spec, write_spec
 from test_measure_cells import with_measure
 from test_train import cell
 
 from analysis import progress, report
-from bnsweep import layout, running
+from bnsweep import layout, live, running
 from bnsweep.cell import run_cell, run_pack
 from bnsweep.cli import main
+from bnsweep.errors import UserError
 from bnsweep.measure.session import summarise
+from bnsweep.progress_line import Line
 from bnsweep.records import Store, cells_row, table
+from bnsweep.reporter import Evaluation, Reporter
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainState, train_cell
 
@@ -184,3 +190,148 @@ def test_report_of_a_finished_sweep_says_nothing_is_to_come(half_run, tmp_path):
     [written] = report.write(store.root, tmp_path / "rep")
     html = (written.folder / "report.html").read_text()
     assert written.note == "" and "still to come" not in html and "Sweep still running" not in html
+
+
+def evaluation(step, steps=40, loss=0.5):
+    rows = [{"step": step, "split": "train", "loss": loss, "accuracy": 0.9}, {"step": step, "split": "test", "loss": 0.7, "accuracy": None}]
+    return Evaluation(step, steps, rows, {})
+
+
+def test_an_evaluation_is_flat_numbers_at_its_training_step():
+    assert evaluation(20).metrics() == {"step": 20, "steps": 40, "train_loss": 0.5, "train_accuracy": 0.9, "test_loss": 0.7}
+
+
+def steps(reported: dict[str, list[dict]]) -> dict[str, list[int]]:
+    return {k: [m["step"] for m in ms] for k, ms in reported.items()}
+
+
+class Driver:
+    """tune.report's stand-in: records each report and, while `held`, waits as a lagging driver would."""
+
+    def __init__(self):
+        self.got, self.held, self.taking = [], threading.Event(), threading.Event()
+        self.held.set()
+
+    def __call__(self, result):
+        self.taking.set()
+        self.held.wait()
+        self.got.append({k: [m["step"] for m in ms] for k, ms in result["cells"].items()})
+
+
+def test_reporter_never_waits_for_the_driver_and_keeps_each_cells_newest_evaluations():
+    driver = Driver()
+    driver.held.clear()  # the driver lags: the first report stays in flight
+    rep = Reporter(driver, backlog=2)
+    rep.put("a", evaluation(0))
+    assert driver.taking.wait(10)
+    t0 = time.perf_counter()
+    for step in (10, 20, 30):
+        rep.put("a", evaluation(step))
+    rep.put("b", evaluation(30))
+    assert time.perf_counter() - t0 < 0.5  # the training thread never waited
+    assert rep.dropped == 1 and steps({k: [e.metrics() for e in v] for k, v in rep.waiting.items()}) == {"a": [20, 30], "b": [30]}
+    driver.held.set()
+    for _ in range(100):
+        if len(driver.got) == 2:
+            break
+        time.sleep(0.05)
+    assert driver.got == [{"a": [0]}, {"a": [20, 30], "b": [30]}]  # all that waited, a pack's members in one report
+    rep.put("a", evaluation(40))  # the last step: kept for the final report, not sent
+    time.sleep(0.1)
+    left = rep.close()
+    assert steps(left) == {"a": [40]} and len(driver.got) == 2 and rep.sent == 4
+
+
+def test_closing_waits_only_for_the_report_in_flight():
+    driver = Driver()
+    driver.held.clear()
+    rep = Reporter(driver)
+    rep.put("a", evaluation(10))
+    assert driver.taking.wait(10)
+    rep.put("a", evaluation(20))
+    rep.put("a", evaluation(30))
+    threading.Timer(0.3, driver.held.set).start()
+    rep.put("a", evaluation(40))
+    left = rep.close()
+    assert driver.got == [{"a": [10]}] and steps(left) == {"a": [20, 30, 40]}  # all that was not sent, in step order
+
+
+def test_a_failing_report_never_fails_the_cell():
+    def broken(result):
+        raise RuntimeError("driver gone")
+
+    rep = Reporter(broken)
+    rep.put("a", evaluation(10))
+    time.sleep(0.2)
+    rep.put("a", evaluation(20))
+    rep.put("a", evaluation(40))
+    assert isinstance(rep.error, RuntimeError)
+    assert steps(rep.close()) == {"a": [20, 40]}
+
+
+def test_progress_line_shows_each_running_cells_step_and_loss():
+    line = Line(5)
+    runs_a = [{"cell_id": "a", "name": "dln-batch-lr0.1-s0"}]
+    runs_b = [{"cell_id": "b", "name": "dln-none-lr0.1-s0"}, {"cell_id": "c", "name": "dln-none-lr0.1-s1"}]
+    line.running = 3
+    line.evaluated(runs_a, {"cells": {"a": [{"step": 0, "steps": 40}, {"step": 20, "steps": 40, "train_loss": 0.123456}]}})
+    line.evaluated(runs_b, {"cells": {"b": [{"step": 0, "steps": 40, "test_loss": 2.0}], "c": [{"step": 0, "steps": 40}]}})
+    assert line.text().startswith("[0/5 cells] running 3,")
+    assert line.text().endswith("| dln-batch-lr0.1-s0 20/40 loss 0.1235, dln-none-lr0.1-s0 0/40, dln-none-lr0.1-s1 0/40")
+    line.ended(runs_a, {"done": 1, "diverged": 0, "failed": 0})
+    assert line.text().startswith("[1/5 cells]") and "dln-batch" not in line.text()
+
+
+def test_run_names_carry_arch_norm_lr_seed_and_stay_unique():
+    a, b = cell("dln", "batch", 1e-4, seed=3), cell("dln", "batch", 1e-4, seed=3, steps=41)  # same keys, another cell
+    got = live.runs([a, b, cell("vgg_mini", "none", 0.1)])
+    assert got[2]["name"] == "vgg_mini-none-lr0.1-s0" and got[2]["lr"] == 0.1 and got[2]["seed"] == 0
+    assert got[0]["name"] == f"dln-batch-lr0.0001-s3-{a.cell_id}" and got[1]["name"].endswith(b.cell_id)
+
+
+def test_log_dir_defaults_under_the_output_and_is_needed_for_object_stores(tmp_path):
+    assert live.log_dir(str(tmp_path / "out"), "s", None) == f"{tmp_path}/out/_logs/s"
+    assert live.log_dir(str(tmp_path / "out"), "s", str(tmp_path / "l")) == str(tmp_path / "l")
+    with pytest.raises(UserError, match="--log-dir"):
+        live.log_dir("s3://bucket/out", "s", None)
+
+
+def test_an_unknown_logger_names_the_value_and_the_known_ones(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "none.yaml"), "--log", "neptune"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "'neptune'" in err and all(n in err for n in live.LOGGERS)
+    assert main(["run", str(tmp_path / "none.yaml"), "--log-dir", str(tmp_path / "logs")]) == 2
+    assert capsys.readouterr().err.startswith("error: --log-dir ")
+    with pytest.raises(UserError, match="unknown --log value 'neptune'; known: mlflow, tensorboard, wandb"):
+        live.check(["tensorboard", "neptune"], str(tmp_path / "logs"))
+    assert not (tmp_path / "logs").exists()  # nothing written before every logger passed
+
+
+def test_wandb_online_without_credentials_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out"))
+    assert main(["run", str(spec), "--log", "tensorboard", "--log", "wandb"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["error: --log wandb: no W&B credentials; run `wandb login`, set WANDB_API_KEY, "
+                                "or set WANDB_MODE=offline"]
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    live.check(["wandb", "tensorboard", "mlflow"], str(tmp_path / "logs"))
+    assert (tmp_path / "logs" / "mlflow.db").is_file() and (tmp_path / "logs" / "tensorboard").is_dir()
+
+
+def test_an_mlflow_server_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=f"--log mlflow: tracking store http://127.0.0.1:{port} does not answer") as e:
+        live.check(["mlflow"], str(tmp_path / "logs"))
+    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 30
