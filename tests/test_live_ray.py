@@ -2,12 +2,14 @@
 tool's logs read back by that tool's own reader and compared with the evals table (the record); and the same
 sweep without `--log`, whose tables must be bit for bit the same."""
 
-import contextlib
 import glob
-import io
 import json
+import os
 import re
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,6 +19,7 @@ from bnsweep.cli import main
 from bnsweep.layout import SCHEMAS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
 
 DLN = {"dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32}, "model": {"dln": {"depth": 4}},
        "train": {"steps": 40, "batch_size": 64, "eval_every": 20}, "measure": {"landscape": {"every": 10, "eta": {"points": 2}}}}
@@ -28,23 +31,19 @@ TIMING = ["started_at", "finished_at", "wall_s", "train_s", "eval_s", "node_id",
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
+    """The sweep run with all three loggers (a fresh process: W&B keeps per-process state), and again without."""
     tmp = tmp_path_factory.mktemp("live")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WANDB_MODE", "offline")  # no network, no account: W&B writes its run files locally
-    for var in ("WANDB_DIR", "WANDB_PROJECT", "MLFLOW_TRACKING_URI"):
-        mp.delenv(var, raising=False)
     spec = write_spec(tmp / "spec.yaml", tiny_spec(tmp / "out", grids=GRIDS, name="live"))
     plain = write_spec(tmp / "plain.yaml", tiny_spec(tmp / "plain", grids=GRIDS, name="live"))
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            assert main(["run", str(spec), "--log", "tensorboard", "--log", "mlflow", "--log", "wandb"]) == 0
-        assert main(["run", str(plain)]) == 0
-    finally:
-        mp.undo()
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_DIR", "WANDB_PROJECT", "MLFLOW_TRACKING_URI")}
+    env |= {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}  # no network, no account: W&B writes its run files locally
+    p = subprocess.run([sys.executable, "-m", "bnsweep", "run", str(spec), "--log", "tensorboard", "--log", "mlflow", "--log", "wandb"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert main(["run", str(plain)]) == 0
     out = tmp / "out"
     evals = pl.read_parquet(f"{out}/evals/**/*.parquet", hive_partitioning=False)
-    return out, out / "_logs" / "live", evals, tmp / "plain", printed.getvalue()
+    return out, out / "_logs" / "live", evals, tmp / "plain", p.stdout
 
 
 def expected(evals: pl.DataFrame, name: str, split: str) -> list[tuple[int, float]]:
