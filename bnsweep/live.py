@@ -112,7 +112,7 @@ def _tensorboard(folder: str, sweep: str):
 
     class TensorBoard(per_cell(TBXLoggerCallback)):
         """One folder per run under `<log dir>/tensorboard/` (Tune's own choice, the trial's staging folder, is
-        temporary here: bnsweep's Tune state lives in a temp dir); written out every 30 s and at the run's end."""
+        temporary here: bnsweep's Tune state lives in a temp dir); flushed after each result, as Tune's is."""
 
         def start_run(self, run: CellRun) -> None:
             if run in self._trial_writer:

@@ -4,9 +4,10 @@ progress on the terminal.
 Each trial reports every evaluation of its cells to Tune (`bnsweep.reporter`: from a thread of its own,
 never holding training up), then once more at its end with the cells' statuses; `run --log` attaches
 Tune's logger callbacks to those reports (`bnsweep.live`). Only this module, and the callback
-factories of `bnsweep.live` and `bnsweep.progress_line`, import Ray. Which cells are pending is decided from the `cells` table, not
-from Tune's experiment state, so a re-run (after a finish, a crash or a SIGKILL) runs exactly
-the cells without a result, and a spec that gained a learning rate runs only the new cells.
+factories of `bnsweep.live` and `bnsweep.progress_line`, import Ray. Which cells are pending is
+decided from the `cells` table, not from Tune's experiment state, so a re-run (after a finish, a
+crash or a SIGKILL) runs exactly the cells without a result, and a spec that gained a learning rate
+runs only the new cells.
 """
 
 from __future__ import annotations
