@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from bnsweep.errors import UserError, unknown
-from bnsweep.layout import SCHEMAS, TABLES, table_dir
+from bnsweep.layout import SCHEMAS, TABLES, progress_dir, runs_dir, table_dir
 from bnsweep.records import Store
 
 
@@ -31,7 +31,8 @@ def store(output: str) -> Store:
     info = s.fs.get_file_info(s.root)
     if info.type != pafs.FileType.Directory:
         raise UserError(f"output {output!r} does not exist (give the `output` folder of a sweep, e.g. runs/quickstart)")
-    if not any(s.fs.get_file_info(table_dir(s.root, name)).type == pafs.FileType.Directory for name in TABLES):
+    folders = [table_dir(s.root, name) for name in TABLES] + [runs_dir(s.root), progress_dir(s.root)]  # a sweep may run
+    if not any(s.fs.get_file_info(f).type == pafs.FileType.Directory for f in folders):
         raise UserError(f"no bnsweep tables under {output!r} (expected folders named {', '.join(TABLES)})")
     return s
 

@@ -18,9 +18,18 @@ from pathlib import Path
 import polars as pl
 import vl_convert as vlc
 
-from analysis import claims, figures, groups, load, smoothness, summaries
+from analysis import claims, figures, groups, load, progress, smoothness, summaries
 from analysis.html import VL_VERSION, esc, page
-from analysis.sections import claims_section, figure_block, method_section, overview, range_section, robustness_section, smoothness_section
+from analysis.sections import (
+    claims_section,
+    figure_block,
+    method_section,
+    overview,
+    progress_section,
+    range_section,
+    robustness_section,
+    smoothness_section,
+)
 from analysis.settings import DEFAULT, Settings
 from bnsweep.errors import UserError
 
@@ -31,6 +40,7 @@ class Written:
     drawn: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # figure -> why
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+    note: str = ""  # where a sweep still running (or interrupted) stands: cells running, cells still to come
 
     def line(self) -> str:
         return (f"{self.folder / 'report.html'}: {len(self.drawn)} figures drawn, {len(self.skipped)} skipped "
@@ -56,7 +66,9 @@ def write(output: str, dest: str | Path | None = None, settings: Settings = DEFA
     """Write one report folder per sweep under `dest` (default OUTPUT/reports); with `spec`, that spec's cells only."""
     names = load.sweeps(output)
     if not names:
-        raise UserError(f"no sweep has rows under {output!r} yet")
+        started = progress.run_sweeps(load.store(output))
+        raise UserError(f"no sweep has rows under {output!r} yet" + (f" (running or interrupted: {', '.join(started)}; "
+                                                                     "no cell has finished)" if started else ""))
     root = Path(dest) if dest is not None else default_dest(output)
     if spec is None:
         return [write_sweep(output, name, root / name, settings) for name in names]
@@ -98,6 +110,8 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
         tables = {k: t.filter(pl.col("cell_id").is_in(cell_ids)) for k, t in tables.items()}
     tables["cells"] = groups.label(tables["cells"])  # once: every summary and figure keys by it
     cells, evals = tables["cells"], tables["evals"]
+    state = progress.state(load.store(output), sweep, load.table(output, "cells", sweep).select("cell_id", "status").collect())
+    out.note = state.line()
     results = summaries.cell_results(cells, evals, settings).collect()
     rob = summaries.lr_robustness(cells, evals, settings)
     ranges = summaries.robust_range(rob)
@@ -126,6 +140,7 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
         blocks.append(figure_block(name, fig, df))
     body = "".join([
         overview(sweep, output, cells, tables, settings),
+        progress_section(state),
         claims_section(found),
         method_section(settings),
         range_section(ranges),

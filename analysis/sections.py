@@ -9,6 +9,7 @@ from analysis.claims import Claim
 from analysis.figures import Figure
 from analysis.groups import GROUP
 from analysis.html import esc, table
+from analysis.progress import STARTED, SweepState
 from analysis.settings import Settings
 from analysis.stats import fmt_ci
 from bnsweep.console import fmt
@@ -41,6 +42,26 @@ def overview(sweep: str, output: str, cells: pl.LazyFrame, tables: dict[str, pl.
             f"Intervals are {s.confidence:.0%} percentile-bootstrap CIs over seeds ({s.resamples} resamples, seed {s.seed}); "
             f"<i>n</i> is the number of seeds behind each number. Bands in the figures span the seeds (min to max).</p>"
             + table(rows, [("table", lambda r: r["table"]), ("rows", lambda r: r["rows"])]))
+
+
+def progress_section(st: SweepState) -> str:
+    """For a sweep still running (or interrupted): how many cells are still to come, and which."""
+    if not st.line():
+        return ""
+    head = ("<h2 id='progress'>Sweep still running</h2>" if st.live else
+            "<h2 id='progress'>Sweep incomplete (no run in progress: run the same command again to finish it)</h2>")
+    total = (f"{st.to_come} of {st.total} cells still to come" if st.total is not None else
+             f"{len(st.unfinished)} cells started without a result (this output has no run file, so the total is unknown)")
+
+    def label(u: dict) -> str:
+        if u["state"] not in STARTED:
+            return u["state"]
+        return f"{u['state']} at step {u['step']} / {u['steps']}" + ("" if u["checkpointed"] else " (no checkpoint yet)")
+
+    cols = [("cell_id", lambda u: u["cell_id"]), ("arch", lambda u: u["arch"]), ("norm", lambda u: u["norm"]),
+            ("lr", lambda u: f"{u['lr']:g}"), ("seed", lambda u: u["seed"]), ("state (last checkpointed step)", label)]
+    return (head + f"<p>{esc(total)}. Every number and figure below covers only the cells with a result so far, "
+            "and will change as the others finish.</p>" + table(st.unfinished, cols))
 
 
 def claims_section(found: list[Claim]) -> str:

@@ -11,6 +11,7 @@ import platform
 import socket
 import time
 import traceback
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,8 +21,11 @@ import bnsweep
 from bnsweep.layout import RESULT, RESULT_TABLES
 from bnsweep.pack import train_pack
 from bnsweep.records import Store, cells_row, columns, table
+from bnsweep.running import remove_progress, write_progress
 from bnsweep.spec import CellConfig
-from bnsweep.train import TrainResult, TrainState, train_cell
+from bnsweep.train import Checkpoint, OnEval, TrainResult, TrainState, train_cell
+
+Hooks = Callable[[CellConfig], OnEval | None]  # a cell's evaluation hook (a live view's), or None
 
 
 def provenance(device: str, node_id: str) -> dict:
@@ -46,20 +50,39 @@ def load_checkpoint(store: Store, path: str) -> dict | None:
         return None
 
 
-def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str | None = None) -> dict:
+def resume_point(store: Store, cell: CellConfig) -> dict | None:
+    """`cell`'s last checkpoint (None: it starts at step 0), after recording in its progress sidecar that it runs."""
+    resume = load_checkpoint(store, store.checkpoint_path(cell)) if cell.checkpoint_every else None
+    write_progress(store, cell, resume["step"] if resume else 0, checkpointed=resume is not None)
+    return resume
+
+
+def saver(store: Store, cell: CellConfig) -> Checkpoint:
+    """Where `cell`'s checkpoints go: the checkpoint, then its sidecar (so the sidecar never runs ahead of it)."""
+    path = store.checkpoint_path(cell)
+
+    def save(blob: bytes, step: int) -> None:
+        store.put(path, blob)
+        write_progress(store, cell, step, checkpointed=True)
+
+    return save
+
+
+def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str | None = None,
+             on_eval: OnEval | None = None) -> dict:
     """Train `cell` (from its last checkpoint, if an earlier attempt left one) and write its rows.
 
-    A Python exception is recorded as status `failed`, not raised; the checkpoint is removed once
-    the cell's tables are written, or when it failed.
+    A Python exception is recorded as status `failed`, not raised; the checkpoint and its progress
+    sidecar are removed once the cell's tables are written, or when it failed. `on_eval` goes to
+    `train_cell` (a live view's hook).
     """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     res, error = None, None
-    ckpt = store.checkpoint_path(cell)
     try:
-        resume = load_checkpoint(store, ckpt) if cell.checkpoint_every else None
-        res = train_cell(cell, device=device, resume=resume, checkpoint=lambda blob: store.put(ckpt, blob),
-                         checkpoint_every=cell.checkpoint_every)
+        resume = resume_point(store, cell)
+        res = train_cell(cell, device=device, resume=resume, checkpoint=saver(store, cell),
+                         checkpoint_every=cell.checkpoint_every, on_eval=on_eval)
     except Exception as e:  # the sweep goes on; the cell runs again next time
         error = f"{type(e).__name__}: {e}"[:2000]
         traceback.print_exc()
@@ -68,7 +91,7 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
 
 def write_result(cell: CellConfig, store: Store, res: TrainResult | None, error: str | None, started: dt.datetime,
                  t0: float, node_id: str, pack: tuple[int, int] = (1, 0)) -> dict:
-    """Write a trained (or failed) cell's tables, its `cells` row last, and remove its checkpoint."""
+    """Write a trained (or failed) cell's tables, its `cells` row last, and remove its checkpoint and sidecar."""
     if res is not None:
         store.write("steps", cell, table("steps", cell, res.steps))
         store.write("evals", cell, table("evals", cell, columns(res.evals, "evals")))
@@ -81,6 +104,7 @@ def write_result(cell: CellConfig, store: Store, res: TrainResult | None, error:
     row = cells_row(cell, res, started, wall_s, provenance(res.device if res else cell.device, node_id), error, pack)
     store.write("cells", cell, table("cells", cell, {k: [v] for k, v in row.items()}))
     store.remove(store.checkpoint_path(cell))
+    remove_progress(store, cell)
     return {"cell_id": cell.cell_id, "status": row["status"], "wall_s": row["wall_s"], "error": error}
 
 
@@ -96,26 +120,26 @@ def has_result(store: Store, cell: CellConfig) -> str | None:
     return status if status in RESULT else None
 
 
-def run_pack(cells: list[CellConfig], store: Store, node_id: str = "local", device: str | None = None) -> list[dict]:
+def run_pack(cells: list[CellConfig], store: Store, node_id: str = "local", device: str | None = None,
+             hooks: Hooks | None = None) -> list[dict]:
     """Train a pack (cells equal but for lr and seed) as one program and write each member's rows as it ends.
 
     Each member resumes from its own checkpoint; members whose checkpoints are at different steps (a pack
     re-formed after a crash) train as one pack per step, one after another. A Python exception marks the
-    members still unfinished `failed`. A pack of one is `run_cell`.
+    members still unfinished `failed`. A pack of one is `run_cell`. `hooks(cell)`: a member's `on_eval`.
     """
+    hooks = hooks or (lambda cell: None)
     outs: dict[int, dict] = {i: {"cell_id": c.cell_id, "status": s, "wall_s": 0.0, "error": None}  # a retried
                              for i, c in enumerate(cells) if (s := has_result(store, c))}  # trial's finished members
     if len(outs) == len(cells):
         return [outs[i] for i in range(len(cells))]
     todo = [i for i in range(len(cells)) if i not in outs]
     if len(todo) == 1:  # alone: the plain loop
-        outs[todo[0]] = run_cell(cells[todo[0]], store, node_id, device)
+        outs[todo[0]] = run_cell(cells[todo[0]], store, node_id, device, hooks(cells[todo[0]]))
         return [outs[i] for i in range(len(cells))]
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    ckpts = [store.checkpoint_path(c) for c in cells]
-    resumes = [load_checkpoint(store, p) if c.checkpoint_every and i in todo else None
-               for i, (c, p) in enumerate(zip(cells, ckpts))]
+    resumes = [resume_point(store, c) if i in todo else None for i, c in enumerate(cells)]
     groups: dict[int, list[int]] = {}
     for i in todo:
         groups.setdefault((resumes[i] or {}).get("step", 0), []).append(i)
@@ -126,8 +150,9 @@ def run_pack(cells: list[CellConfig], store: Store, node_id: str = "local", devi
 
         try:
             train_pack([cells[i] for i in members], device=device, resumes=[resumes[i] for i in members],
-                       checkpoints=[lambda blob, p=ckpts[i]: store.put(p, blob) for i in members],
-                       checkpoint_every=cells[0].checkpoint_every, finished=finished)
+                       checkpoints=[saver(store, cells[i]) for i in members],
+                       checkpoint_every=cells[0].checkpoint_every, finished=finished,
+                       on_evals=[hooks(cells[i]) for i in members])
         except Exception as e:  # the sweep goes on; the unfinished members run again next time
             error = f"{type(e).__name__}: {e}"[:2000]
             traceback.print_exc()

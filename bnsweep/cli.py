@@ -37,13 +37,17 @@ def cmd_run(args) -> int:
     from bnsweep import runner
     from bnsweep.data import ensure_data
     from bnsweep.interrupt import StopOnInterrupt
+    from bnsweep.live import LOGGERS
     from bnsweep.records import Store
     from bnsweep.specfile import load_cells
 
+    if args.log_dir and not args.log:
+        raise UserError(f"--log-dir {args.log_dir}: it is the folder of --log output; give --log {'|'.join(LOGGERS)} too")
     spec, cells = load_cells(args.spec, args.max_cells)
     ensure_data(c.dataset for c in cells)
     with StopOnInterrupt():
-        outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent)
+        outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent,
+                             log=args.log or [], log_dir=args.log_dir)
     if outcome.total == 0:
         print("nothing to run: every cell already has a result")
     print(f"\nsweep {spec.name}: final metrics over seeds (mean ± sd over finished seeds, n = seeds)")
@@ -124,6 +128,8 @@ def cmd_report(args) -> int:
         destinations.folder(args.dest)
     for written in report.write(args.output, args.dest, spec=args.spec):
         print(f"{written.line()}")
+        if written.note:
+            print(f"  {written.note}")
         for name, why in written.skipped.items():
             print(f"  skipped {name}: {why}")
     return 0
@@ -162,18 +168,23 @@ def cmd_query(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    import polars as pl
+
     from analysis import query
     from bnsweep.console import frame_table
 
-    cells = query.listing(args.output)
-    if cells.is_empty():
+    states = query.states(args.output)
+    cells = query.listing(args.output, states)
+    if cells.is_empty() and not any(st.line() for st in states):
         print(f"no cell of {args.output} has finished yet (the cells table is empty)")
         return 0
-    for t in query.totals(cells).iter_rows(named=True):
-        print(
-            f"sweep {t['sweep']}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
-            f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s"
-        )
+    totals = {t["sweep"]: t for t in query.totals(cells.filter(pl.col("wall_s").is_not_null())).iter_rows(named=True)}
+    for st in states:
+        t = totals.get(st.sweep)
+        head = (f"sweep {st.sweep}: {t['cells']} cells, {t['done']} done, {t['diverged']} diverged, {t['failed']} failed; "
+                f"wall time {t['wall_s']:.1f} s in all, longest cell {t['longest_s']:.1f} s" if t else
+                f"sweep {st.sweep}: no cell finished yet")
+        print(head + (f"; {st.line()}" if st.line() else ""))
     print()
     print(frame_table(cells, None))
     return 0
@@ -212,12 +223,17 @@ def _max_cells(c: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from bnsweep.live import LOGGERS
+
     p = _Parser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run every cell of a sweep that has no result yet")
     r.add_argument("spec", help="sweep YAML file")
     r.add_argument("--address", help="Ray cluster to join (e.g. auto); default: embedded local Ray")
     r.add_argument("--max-concurrent", type=_count(1), default=None, help="at most this many cells at once (default: as many as fit)")
+    r.add_argument("--log", action="append", choices=list(LOGGERS),
+                   help="also stream each cell's evaluations to this tool, through Ray Tune's logger callback (repeatable)")
+    r.add_argument("--log-dir", help="folder for --log output (default OUTPUT/_logs/SWEEP; needed when the output is an object store)")
     _max_cells(r)
     r.set_defaults(fn=cmd_run)
     for name, fn, text in (

@@ -2,6 +2,9 @@
 
     <output>/<table>/sweep=<name>/arch=<arch>/norm=<norm>/<cell_id>.parquet   one file per cell per table
     <output>/_checkpoints/sweep=<name>/<cell_id>.pt                          a running cell's resumable state
+    <output>/_checkpoints/sweep=<name>/<cell_id>.json                        its progress: step checkpointed, of how many
+    <output>/_runs/<name>.json                                                the cells of the sweep's latest run (its total)
+    <output>/_logs/<name>/                                                    live logs (`run --log`): TensorBoard, W&B, MLflow
     <output>/_locks/<name>.json                                               the run lock of a sweep
     <output>/_damaged/<relative path>.<utc time>                              damaged files, moved aside, never deleted
 
@@ -79,7 +82,30 @@ def cell_file(root: str, name: str, cell) -> str:
 
 
 def checkpoint_file(root: str, sweep: str, cell_id: str) -> str:
-    return f"{root}/_checkpoints/sweep={sweep}/{cell_id}.pt"
+    return f"{progress_dir(root, sweep)}/{cell_id}.pt"
+
+
+def progress_file(root: str, sweep: str, cell_id: str) -> str:
+    """A running cell's progress sidecar, beside its checkpoint: readable without torch (`ls`, `report`)."""
+    return f"{progress_dir(root, sweep)}/{cell_id}.json"
+
+
+def progress_dir(root: str, sweep: str | None = None) -> str:
+    return f"{root}/_checkpoints" + (f"/sweep={sweep}" if sweep is not None else "")
+
+
+def runs_dir(root: str) -> str:
+    return f"{root}/_runs"
+
+
+def run_file(root: str, sweep: str) -> str:
+    """The cells of a sweep's latest `run`, written by the driver before any cell starts: the total a report compares with."""
+    return f"{runs_dir(root)}/{sweep}.json"
+
+
+def logs_dir(root: str, sweep: str) -> str:
+    """The default folder of a sweep's live logs (`bnsweep run --log ...`)."""
+    return f"{root}/_logs/{sweep}"
 
 
 def lock_file(root: str, sweep: str) -> str:

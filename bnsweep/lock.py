@@ -39,6 +39,13 @@ def _alive(rec: dict) -> bool:
     return time.time() - float(rec.get("heartbeat", 0)) < STALE_S
 
 
+def holder(store: Store, sweep: str) -> dict | None:
+    """The lock record of the living driver that runs `sweep` now (host, pid, started), or None (a reader's
+    question: `ls`, `report`)."""
+    rec = store.get_record(lock_file(store.root, sweep))
+    return rec if rec is not None and _alive(rec) else None
+
+
 class RunLock:
     def __init__(self, store: Store, sweep: str):
         self.store, self.sweep = store, sweep
@@ -49,11 +56,7 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _read(self) -> dict | None:
-        blob = self.store.get(self.path)
-        try:
-            return json.loads(blob) if blob else None
-        except ValueError:
-            return None
+        return self.store.get_record(self.path)
 
     def _write(self) -> None:
         self.store.put(self.path, json.dumps({**self.record, "heartbeat": time.time()}).encode())

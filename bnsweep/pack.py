@@ -35,16 +35,18 @@ from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
 from bnsweep.performance import checks_every
 from bnsweep.spec import CellConfig, pack_key
 from bnsweep.train import (
+    Checkpoint,
+    OnEval,
     TrainResult,
     TrainState,
     cast_data,
     check_divergence,
     due,
-    evaluate,
     finish,
     loss_fn,
     new_state,
     next_batch,
+    record_eval,
     resolve_device,
     train_step,
 )
@@ -213,19 +215,21 @@ def _noise_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...
 
 
 def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list[dict | None] | None = None,
-               checkpoints: list[Callable[[bytes], None]] | None = None, checkpoint_every: int = 0,
+               checkpoints: list[Checkpoint] | None = None, checkpoint_every: int = 0,
                finished: Callable[[int, TrainResult], None] | None = None,
-               dtype: torch.dtype | None = None) -> list[TrainResult]:
+               dtype: torch.dtype | None = None, on_evals: list[OnEval | None] | None = None) -> list[TrainResult]:
     """Train `cells` (one pack: equal but for lr and seed) together; member k's result as `train_cell(cells[k])`'s.
 
     `resumes[k]`: member k's `TrainState.state_dict()` (all at one step, or all None); `checkpoints[k]` gets
-    member k's `TrainState.to_bytes()` every `checkpoint_every` steps; `finished(k, result)` is called as soon
-    as member k is done or diverged. `train_s` of a member is the pack's training time divided by its size.
+    member k's `TrainState.to_bytes()` and its step every `checkpoint_every` steps; `on_evals[k]` is member k's
+    `train_cell` hook `on_eval`; `finished(k, result)` is called as soon as member k is done or diverged.
+    `train_s` of a member is the pack's training time divided by its size.
     """
     if len({pack_key(c) for c in cells}) != 1:
         raise ValueError("a pack's cells must be equal in everything but lr and seed")
     K, cell = len(cells), cells[0]
     resumes = resumes or [None] * K
+    on_evals = on_evals or [None] * K
     if len({(r or {}).get("step", 0) for r in resumes}) != 1:
         raise ValueError("a pack's members must resume from one step")
     dev = resolve_device(device or cell.device)
@@ -242,9 +246,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
     for k, (st, res, resume) in enumerate(zip(states, results, resumes)):
         st.losses, st.accs = losses[k], accs[k]  # views: the stack's rows are the members' records
         if resume is None:
-            te = time.perf_counter()
-            st.evals += evaluate(st.model, data, 0, t.eval_batch_size)
-            res.eval_s += time.perf_counter() - te
+            record_eval(st, res, data, 0, t.eval_batch_size, on_evals[k])
         else:
             st.load_state_dict(resume)
             res.resumed_from = st.step
@@ -315,19 +317,15 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         for k in live if eval_due or save_due else []:
             stack.pull(k)
             if eval_due:
-                te = time.perf_counter()
-                states[k].evals += evaluate(states[k].model, data, done, t.eval_batch_size)
-                results[k].eval_s += time.perf_counter() - te
+                record_eval(states[k], results[k], data, done, t.eval_batch_size, on_evals[k])
             if save_due:
-                checkpoints[k](states[k].to_bytes(seconds=spent(k)))
+                checkpoints[k](states[k].to_bytes(seconds=spent(k)), done)
         if not live:
             break
 
     for k in list(live):
         stack.pull(k)
-        te = time.perf_counter()
-        states[k].evals += evaluate(states[k].model, data, t.steps, t.eval_batch_size)
-        results[k].eval_s += time.perf_counter() - te
+        record_eval(states[k], results[k], data, t.steps, t.eval_batch_size, on_evals[k])
         end(k)
     return results
 

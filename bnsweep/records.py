@@ -10,6 +10,7 @@ a single PUT). The `cells` table is written last: a cell is finished once its `c
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import uuid
@@ -138,6 +139,15 @@ class Store:
             if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
                 return None
             raise e
+
+    def get_record(self, path: str) -> dict | None:
+        """The JSON object at `path` (a lock, a run file, a progress sidecar), or None: absent, torn or not an object."""
+        blob = self.get(path)
+        try:
+            rec = json.loads(blob) if blob else None
+        except ValueError:
+            return None
+        return rec if isinstance(rec, dict) else None
 
     def remove(self, path: str) -> None:
         if self.fs.get_file_info(path).type == pafs.FileType.File:

@@ -1,9 +1,13 @@
 """Ray Tune backend: one trial per pack of pending cells (a pack of one by default), resources from the spec,
 progress on the terminal.
 
-Only this module imports Ray. Which cells are pending is decided from the `cells` table, not
-from Tune's experiment state, so a re-run (after a finish, a crash or a SIGKILL) runs exactly
-the cells without a result, and a spec that gained a learning rate runs only the new cells.
+Each trial reports every evaluation of its cells to Tune (`bnsweep.reporter`: from a thread of its own,
+never holding training up), then once more at its end with the cells' statuses; `run --log` attaches
+Tune's logger callbacks to those reports (`bnsweep.live`). Only this module, and the callback
+factories of `bnsweep.live` and `bnsweep.progress_line`, import Ray. Which cells are pending is
+decided from the `cells` table, not from Tune's experiment state, so a re-run (after a finish, a
+crash or a SIGKILL) runs exactly the cells without a result, and a spec that gained a learning rate
+runs only the new cells.
 """
 
 from __future__ import annotations
@@ -12,10 +16,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
-from bnsweep import interrupt
+from bnsweep import interrupt, live, progress_line
 from bnsweep.cell import run_pack
 from bnsweep.data import ensure_data
 from bnsweep.errors import UserError
@@ -23,6 +26,8 @@ from bnsweep.layout import STATUSES
 from bnsweep.lock import RunLock
 from bnsweep.measure import enabled
 from bnsweep.records import Store
+from bnsweep.reporter import Reporter
+from bnsweep.running import write_run
 from bnsweep.spec import CellConfig, packs
 
 RAY_ENV = {
@@ -49,17 +54,22 @@ class Outcome:
 
 
 def _trial(config: dict) -> None:
-    """The Tune trainable: run one pack of cells, report their statuses (dense data goes to Parquet)."""
+    """The Tune trainable: run one pack of cells, reporting each evaluation as it comes, then their statuses
+    and their evaluations not sent yet (dense data goes to Parquet)."""
     import ray
     import torch
     from ray import tune
 
     cells = [CellConfig.model_validate_json(j) for j in config["cell"]["json"]]
     torch.set_num_threads(max(1, int(cells[0].resources.cpu)))  # reused actors keep the old count otherwise
-    outs = run_pack(cells, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id())
+    reporter = Reporter(tune.report)
+    try:
+        outs = run_pack(cells, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id(), hooks=reporter.hook)
+    finally:
+        left = reporter.close()
     counts = {f"n_{s}": sum(o["status"] == s for o in outs) for s in STATUSES}  # Tune reserves `done`
     tune.report({"status": outs[0]["status"] if len(outs) == 1 else "pack", **counts,
-                 "wall_s": max(o["wall_s"] for o in outs)})
+                 "wall_s": max(o["wall_s"] for o in outs), "cells": left})
 
 
 def _stopper():
@@ -74,65 +84,6 @@ def _stopper():
             return interrupt.requested()
 
     return StopOnRequest()
-
-
-def _clock(s: float) -> str:
-    s = int(max(0, s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _progress_callback(total: int, tty: bool):
-    from ray import tune
-
-    class Progress(tune.Callback):
-        """Prints `cells done/total, running, failed, ETA` whenever a trial (a cell or a pack) starts or ends."""
-
-        def __init__(self):
-            self.t0, self.running, self.counts, self.last = time.time(), 0, {"done": 0, "diverged": 0, "failed": 0}, ""
-
-        def line(self) -> str:
-            finished = sum(self.counts.values())
-            elapsed = time.time() - self.t0
-            eta = _clock(elapsed / finished * (total - finished)) if finished else "?"
-            return (f"[{finished}/{total} cells] running {self.running}, diverged {self.counts['diverged']}, "
-                    f"failed {self.counts['failed']} | elapsed {_clock(elapsed)}, ETA {eta}")
-
-        def show(self) -> None:
-            text = self.line()
-            if tty:
-                print("\r" + text.ljust(len(self.last)), end="", flush=True)
-            elif text != self.last:
-                print(text, flush=True)
-            self.last = text
-
-        def count_running(self, trials, ended=None) -> None:
-            self.running = sum(len(t.config["cell"]["json"]) for t in trials
-                               if t.status == "RUNNING" and t is not ended)
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.count_running(trials)
-            if tty:
-                self.show()
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.count_running(trials, ended=trial)
-            last = trial.last_result or {}
-            got = {s: last.get(f"n_{s}", 0) for s in self.counts}
-            got["failed"] += len(trial.config["cell"]["json"]) - sum(got.values())  # a trial that reported nothing
-            for status, n in got.items():
-                self.counts[status] += n
-            self.show()
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.count_running(trials, ended=trial)
-            self.counts["failed"] += len(trial.config["cell"]["json"])
-            self.show()
-
-        def on_step_end(self, iteration, trials, **info):
-            if tty and iteration % 20 == 0:
-                self.show()
-
-    return Progress()
 
 
 def check_resources(cells: list[CellConfig], nodes: list[dict], where: str) -> None:
@@ -227,13 +178,17 @@ def _reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 def run(cells: list[CellConfig], output: str, address: str | None = None, max_concurrent: int | None = None,
-        max_failures: int = 3) -> Outcome:
+        max_failures: int = 3, log: list[str] = (), log_dir: str | None = None) -> Outcome:
     """Run every cell of `cells` that has no result under `output` yet.
 
     A trial lost with its node is retried up to `max_failures` times, on any node, from its cell's
-    last checkpoint in the output store.
+    last checkpoint in the output store. `log`: names in `bnsweep.live.LOGGERS` to stream each cell's
+    evaluations to, under `log_dir` (default `<output>/_logs/<sweep>`); checked before anything runs.
     """
     store = Store(output)
+    if log:
+        log_dir = live.log_dir(output, cells[0].sweep, log_dir)
+        live.check(list(log), log_dir)
     ray, ours = None, False  # ours: ray.init was called here (it may have been interrupted half-way)
     try:
         if address is None:
@@ -246,6 +201,7 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
         with RunLock(store, cells[0].sweep) as lock:
             if ray is not None:
                 check_shared(ray, store, lock.path)
+            write_run(store, cells[0].sweep, cells)  # the total that `ls` and `report` on the running sweep compare with
             todo = pending_cells(cells, store)
             outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
             print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
@@ -257,7 +213,7 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
                 ray = ray or _connect(None)
                 if interrupt.requested():  # a Ctrl-C that Ray's start-up swallowed
                     raise KeyboardInterrupt
-                _fit(ray, todo, store, outcome, max_concurrent, max_failures)
+                _fit(ray, todo, store, outcome, max_concurrent, max_failures, list(log), log_dir)
             except KeyboardInterrupt:  # Ctrl-C (bnsweep.interrupt): Ray stops first, then the lock is released
                 outcome.interrupted = True
                 if ours:
@@ -274,22 +230,25 @@ def _shutdown() -> None:
         sys.modules["ray"].shutdown()
 
 
-def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concurrent: int | None, max_failures: int) -> None:
+def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concurrent: int | None, max_failures: int,
+         log: list[str] = (), log_dir: str | None = None) -> None:
     from ray import tune
 
     tune_dir = tempfile.mkdtemp(prefix="bnsweep-tune-")
     try:
         trainable = tune.with_resources(_trial, lambda config: {"cpu": config["cell"]["cpu"], "gpu": config["cell"]["gpu"]})
-        progress = _progress_callback(len(todo), sys.stdout.isatty())
+        progress = progress_line.callback(len(todo), sys.stdout.isatty(), shutil.get_terminal_size().columns)
+        loggers = live.callbacks(log, log_dir, todo[0].sweep) if log else []
+        runs = {r["cell_id"]: r for r in live.runs(todo)}
         tuner = tune.Tuner(
             trainable,
             param_space={"output": store.uri, "cell": tune.grid_search([  # one trial per pack, one cell's resources
                 {"id": p[0].cell_id + (f"+{len(p) - 1}" if len(p) > 1 else ""),
-                 "json": [c.model_dump_json() for c in p],
+                 "json": [c.model_dump_json() for c in p], "runs": [runs[c.cell_id] for c in p],
                  "cpu": p[0].resources.cpu, "gpu": p[0].resources.gpu} for p in packs(todo)])},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda t: t.config["cell"]["id"]),
-            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress],
+            run_config=tune.RunConfig(name="sweep", storage_path=tune_dir, verbose=0, callbacks=[progress, *loggers],
                                       stop=_stopper(),
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )

@@ -28,6 +28,10 @@ from bnsweep.norms import norm_layer
 from bnsweep.performance import Performance, applied, checks_every, layout
 from bnsweep.spec import CellConfig
 
+Checkpoint = Callable[[bytes, int], None]  # (TrainState.to_bytes(), the step it holds)
+# (step, that evaluation's rows: train and test split, each measurement's rows at its latest probed step)
+OnEval = Callable[[int, list[dict], dict[str, list[dict]]], None]
+
 
 @dataclass
 class TrainResult:
@@ -254,6 +258,20 @@ def check_divergence(st: TrainState, factor: float, done: int) -> int | None:
     return None
 
 
+def record_eval(st: TrainState, res: TrainResult, data: Data, step: int, batch_size: int, on_eval: OnEval | None) -> None:
+    """Evaluate the state's model at `step` into the state's evaluations (its time into `res`), then hand them to `on_eval`.
+
+    The hook gets plain rows only (no tensor, nothing training goes on to change): it may keep them or pass them
+    to another thread. Measurement summaries are left to the hook (`measure.session.summarise`), so an evaluation
+    no one reports costs nothing more.
+    """
+    te = time.perf_counter()
+    st.evals += evaluate(st.model, data, step, batch_size)
+    res.eval_s += time.perf_counter() - te
+    if on_eval is not None:
+        on_eval(step, st.evals[-2:], st.probes.latest())
+
+
 def due(t, done: int, saving: bool, checkpoint_every: int) -> tuple[bool, bool]:
     """(evaluation due, checkpoint due) after `done` updates."""
     eval_due = bool(t.eval_every and done % t.eval_every == 0 and done < t.steps)
@@ -275,24 +293,25 @@ def finish(res: TrainResult, st: TrainState, total: dict[str, float], steps: int
 
 
 def train_cell(cell: CellConfig, device: str | None = None, resume: dict | None = None,
-               checkpoint: Callable[[bytes], None] | None = None, checkpoint_every: int = 0,
-               dtype: torch.dtype | None = None) -> TrainResult:
+               checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
+               dtype: torch.dtype | None = None, on_eval: OnEval | None = None) -> TrainResult:
     """Train one cell and return its step, evaluation and measurement records.
 
     `resume` is a `TrainState.state_dict()` an earlier attempt saved through `checkpoint` (called with
-    `TrainState.to_bytes()` every `checkpoint_every` steps); training from it continues exactly as the uninterrupted run
-    would have (bit for bit on CPU). `dtype`: model and data precision (None: float32 as loaded; tests use float64).
-    The cell's `performance` settings apply while it trains and are recorded on the result.
+    `TrainState.to_bytes()` and its step every `checkpoint_every` steps); training from it continues exactly as the
+    uninterrupted run would have (bit for bit on CPU). `dtype`: model and data precision (None: float32 as loaded;
+    tests use float64). `on_eval` is called after every evaluation (`record_eval`): the hook a live view reports
+    through. The cell's `performance` settings apply while it trains and are recorded on the result.
     """
     dev = resolve_device(device or cell.device)
     with applied(cell.performance, dev) as perf:
-        res = _train(cell, dev, resume, checkpoint, checkpoint_every, dtype)
+        res = _train(cell, dev, resume, checkpoint, checkpoint_every, dtype, on_eval)
     res.performance = perf
     return res
 
 
-def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint: Callable[[bytes], None] | None,
-           checkpoint_every: int, dtype: torch.dtype | None) -> TrainResult:
+def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint: Checkpoint | None,
+           checkpoint_every: int, dtype: torch.dtype | None, on_eval: OnEval | None) -> TrainResult:
     data = cast_data(load_data(cell.dataset, str(dev)), dtype, cell.performance)
     classification = data.info.task == "classification"
     t = cell.train
@@ -304,8 +323,7 @@ def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint:
     res = TrainResult(status="done", device=str(dev))
     t0 = time.perf_counter()
     if resume is None:
-        st.evals += evaluate(model, data, 0, t.eval_batch_size)
-        res.eval_s += time.perf_counter() - t0
+        record_eval(st, res, data, 0, t.eval_batch_size, on_eval)
     else:
         st.load_state_dict(resume)
         res.resumed_from = st.step
@@ -321,16 +339,12 @@ def _train(cell: CellConfig, dev: torch.device, resume: dict | None, checkpoint:
                 res.status, res.diverged_step = "diverged", bad
                 break
         if eval_due:
-            te = time.perf_counter()
-            st.evals += evaluate(model, data, done, t.eval_batch_size)
-            res.eval_s += time.perf_counter() - te
+            record_eval(st, res, data, done, t.eval_batch_size, on_eval)
         if save_due:
-            checkpoint(st.to_bytes(seconds=_seconds(res, st.probes, t0, st.seconds)))
+            checkpoint(st.to_bytes(seconds=_seconds(res, st.probes, t0, st.seconds)), done)
 
     if res.status == "done":
-        te = time.perf_counter()
-        st.evals += evaluate(model, data, t.steps, t.eval_batch_size)
-        res.eval_s += time.perf_counter() - te
+        record_eval(st, res, data, t.steps, t.eval_batch_size, on_eval)
     return finish(res, st, _seconds(res, st.probes, t0, st.seconds), t.steps, classification)
 
 

@@ -24,8 +24,9 @@ def interrupted(c: CellConfig, at: int) -> dict:
     """Train `c` with checkpoints, 'crash' right after the checkpoint at step `at`; return that state."""
     saved = {}
 
-    def save(blob: bytes):
+    def save(blob: bytes, step: int):
         saved["state"] = state = TrainState.read(blob)  # through bytes, as in the store
+        assert state["step"] == step
         if state["step"] == at:
             raise Stop
 

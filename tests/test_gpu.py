@@ -120,7 +120,7 @@ def _resumed(c: CellConfig, at: int):
     class Stop(Exception):
         pass
 
-    def save(blob: bytes):
+    def save(blob: bytes, step: int):
         saved["state"] = state = TrainState.read(blob)
         if state["step"] == at:
             raise Stop

@@ -99,8 +99,9 @@ def test_resumed_pack_equals_uninterrupted_pack(arch, norm):
     saved: dict[int, dict] = {}
 
     def save(k):
-        def put(blob: bytes):
+        def put(blob: bytes, step: int):
             saved[k] = state = TrainState.read(blob)  # through bytes, as in the store
+            assert state["step"] == step
             if k == len(cells) - 1 and state["step"] == 16:
                 raise Stop
         return put

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -56,3 +57,33 @@ class Measurements:
     def cost(self) -> dict[str, float]:
         """Seconds per measurement, including time spent in forward-pass hooks."""
         return {m.name: self.seconds[m.name] + m.hook_s for m, _ in self.active}
+
+    def latest(self) -> dict[str, list[dict]]:
+        """Each measurement's rows at its latest probed step (those measured so far): a slice, no computation."""
+        out = {}
+        for name, rows in self.rows.items():
+            if rows:
+                i = len(rows) - 1
+                while i and rows[i - 1]["step"] == rows[-1]["step"]:
+                    i -= 1
+                out[name] = rows[i:]
+        return out
+
+
+def summarise(latest: dict[str, list[dict]]) -> dict[str, float]:
+    """`Measurements.latest()` as flat scalars by each measurement's own `summary` rule:
+    `{"landscape/step": 40, "landscape/beta_eff": 3.1, "ics/ics_l2/layer2": 0.2, ...}`; non-finite values left out."""
+    import polars as pl  # only here: a cell without a live view never imports it
+
+    out: dict[str, float] = {}
+    for name, rows in latest.items():
+        summary = MEASURES[name].summary
+        if summary is None:
+            continue
+        out[f"{name}/step"] = rows[0]["step"]
+        frame = pl.DataFrame([{**r, "cell_id": ""} for r in rows], infer_schema_length=None).lazy()
+        for r in summary(frame).collect().iter_rows(named=True):
+            key = f"{name}/{r['quantity']}" + (f"/layer{r['layer']}" if r.get("layer") is not None else "")
+            if r["value"] is not None and math.isfinite(r["value"]):
+                out[key] = float(r["value"])
+    return out
