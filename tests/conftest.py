@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny cells: real code paths, well under a second each.
 TINY_DLN = {
-    "arch": ["dln"], "norm": ["none", "batch"], "lr": [1.0e-4, 1.0e-3], "seed": [0, 1],
+    "arch": ["dln"], "norm": ["none", "batch"], "lr": [1.0e-4, 3.0e-3], "seed": [0, 1],
     "overrides": {"dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32},
                   "model": {"dln": {"depth": 4}}, "train": {"steps": 40, "batch_size": 64, "eval_every": 20}},
 }
