@@ -75,6 +75,7 @@ def callback(total: int, tty: bool, width: int = 0, every_s: float = 30.0):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "n_done" not in result:  # an evaluation report, not the trial's final one
+                self.count_running(trials)  # the trials started since the last line printed count too
                 self.line.evaluated(trial.config["cell"]["runs"], result)
                 self.show(force=False)
 

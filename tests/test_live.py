@@ -282,6 +282,21 @@ def test_progress_line_shows_each_running_cells_step_and_loss():
     assert line.text().startswith("[1/5 cells]") and "dln-batch" not in line.text()
 
 
+def test_an_evaluation_line_counts_every_running_trial(capsys):
+    """Two trials running: the line an evaluation prints says 2, also when the second started after the last line."""
+    from types import SimpleNamespace
+
+    from bnsweep.progress_line import callback
+
+    trial = lambda cid, status: SimpleNamespace(status=status, config={"cell": {"runs": [{"cell_id": cid, "name": cid}]}})
+    a, b = trial("a", "RUNNING"), trial("b", "PENDING")
+    cb = callback(total=4, tty=False, every_s=0.0)
+    cb.on_trial_start(0, [a, b], a)
+    b.status = "RUNNING"  # started: a non-tty start prints nothing
+    cb.on_trial_result(1, [a, b], a, {"cells": {"a": [{"step": 20, "steps": 40, "train_loss": 1.0}]}})
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("[0/4 cells] running 2,")
+
+
 def test_run_names_carry_arch_norm_lr_seed_and_stay_unique():
     a, b = cell("dln", "batch", 1e-4, seed=3), cell("dln", "batch", 1e-4, seed=3, steps=41)  # same keys, another cell
     got = live.runs([a, b, cell("vgg_mini", "none", 0.1)])
