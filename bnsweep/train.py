@@ -119,7 +119,7 @@ def evaluate(model: torch.nn.Module, data: Data, step: int, batch_size: int) -> 
         if classification:
             correct, loss = sum(torch.stack(hits).tolist()), total / len(x)  # mean CE
         else:  # the training loss over the whole split
-            loss = total if (c := SquaredError(data.info.reduction, data.info.half).factor(len(x))) == 1 else total * c
+            loss = total if (c := loss_fn(data.info).factor(len(x))) == 1 else total * c
         rows.append({"step": step, "split": split, "loss": loss,
                      "accuracy": correct / len(x) if classification else None})
     model.train()
