@@ -135,6 +135,10 @@ class LpNorm(nn.Module):
         dims = _reduce_dims(x)
         if math.isinf(self.p):
             return x.abs().amax(dims)
+        if self.p == 1:
+            return x.abs().mean(dims)
+        if self.p == 2:
+            return x.square().mean(dims).sqrt()
         return x.abs().pow(self.p).mean(dims).pow(1 / self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,10 @@ class LpNorm(nn.Module):
                 self.running_scale.lerp_(scale.detach(), self.momentum)
         else:
             mean, scale = self.running_mean, self.running_scale
-        x_hat = (x - _per_channel(mean, x)) / (_per_channel(scale, x) + self.eps)
-        return x_hat * _per_channel(self.weight, x) + _per_channel(self.bias, x)
+        # (x - mean) / (scale + eps) * weight + bias as one multiply-add on x: per channel
+        # x * g + (bias - mean * g), g = weight / (scale + eps); fewer passes over x, the same value
+        g = self.weight / (scale + self.eps)
+        return torch.addcmul(_per_channel(self.bias - mean * g, x), x, _per_channel(g, x))
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, p={self.p}, eps={self.eps}"

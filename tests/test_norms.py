@@ -64,6 +64,21 @@ def test_lp_norm_matches_brute_force(name, kind):
 
 
 @pytest.mark.parametrize("kind", SHAPES)
+@pytest.mark.parametrize("name", ["l1", "l2", "linf"])
+def test_lp_norm_gradients_match_brute_force(name, kind):
+    """Training sees the gradients of the formula itself, for the input and the affine parameters."""
+    layer = NORMS[name](3).double()
+    randomise_affine(layer)
+    x = (torch.randn(SHAPES[kind], dtype=torch.float64) * 3 + 1).requires_grad_()
+    w, b = (layer.weight.detach().clone().requires_grad_(), layer.bias.detach().clone().requires_grad_())
+    probe = torch.randn(SHAPES[kind], dtype=torch.float64)
+    got = torch.autograd.grad((layer(x) * probe).sum(), (x, layer.weight, layer.bias))
+    want = torch.autograd.grad((brute_force(x, layer.p, layer.eps, w, b) * probe).sum(), (x, w, b))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", SHAPES)
 def test_batch_norm_matches_brute_force(kind):
     layer = NORMS["batch"](3).double()
     randomise_affine(layer)
