@@ -75,7 +75,7 @@ def eos_rule() -> alt.Chart:
 def accuracy(df: pl.DataFrame) -> alt.FacetChart:
     """Figs. 1, 2: train and test accuracy vs step, one panel per (arch, lr), one line per norm."""
     chart = line_band(STEP, "mean", "accuracy (eval mode)").properties(width=W, height=H)
-    return alt.layer(chart, data=values(df)).facet(row=alt.Row("split:N"), column=column(df))
+    return alt.layer(chart, data=values(df)).facet(row=alt.Row("split:N"), column=column(df)).resolve_scale(x="independent")
 
 
 def distributions(df: pl.DataFrame) -> alt.FacetChart:
@@ -86,7 +86,7 @@ def distributions(df: pl.DataFrame) -> alt.FacetChart:
     seeds = base.mark_area(opacity=0.6, color="black").encode(y="lo:Q", y2="hi:Q")
     median = base.mark_line(color="black").encode(y="mean:Q", tooltip=tips("step", "mean", "q05", "q25", "q75", "q95", "seeds"))
     layers = alt.layer(outer, inner, seeds, median, data=values(df)).properties(width=W, height=H)
-    return layers.facet(row=alt.Row("norm:N"), column=column(df))
+    return layers.facet(row=alt.Row("norm:N"), column=column(df)).resolve_scale(x="independent")
 
 
 def by_quantity(df: pl.DataFrame, title: str = "") -> alt.FacetChart:
@@ -94,14 +94,14 @@ def by_quantity(df: pl.DataFrame, title: str = "") -> alt.FacetChart:
     chart = line_band(STEP, "mean", title).properties(width=W, height=H)
     return (alt.layer(chart, data=values(df))
             .facet(row=alt.Row("quantity:N"), column=column(df))
-            .resolve_scale(y="independent"))
+            .resolve_scale(x="independent", y="independent"))
 
 
 def training_loss(df: pl.DataFrame) -> alt.VConcatChart:
     """Figs. 3b, 5: training loss (batch, binned) vs step, log scale, one line per norm; one row of lrs per arch."""
     def one(d: pl.DataFrame) -> alt.FacetChart:
         chart = line_band(STEP, "mean", "training loss", scale=LOG).properties(width=W, height=H)
-        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(y="independent")
+        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(x="independent", y="independent")
     return alt.vconcat(*(one(df.filter(arch=a)) for a in sorted(set(df["arch"]))))
 
 
@@ -114,7 +114,7 @@ def landscape(df: pl.DataFrame) -> alt.VConcatChart:
         if line:
             layers += [base.mark_line().encode(y=alt.Y(f"{line}:Q", scale=LOG)), eos_rule()]
         return (alt.layer(*layers, data=values(df)).properties(width=W, height=H).facet(column=column(df))
-                .resolve_scale(y="independent"))
+                .resolve_scale(x="independent", y="independent"))
     return alt.vconcat(band("loss_lo", "loss_hi", "loss over eta"), band("grad_lo", "grad_hi", "gradient change over eta"),
                        band("beta_lo", "beta_hi", "beta_eff", line="beta_eff"))
 
@@ -154,7 +154,7 @@ def curvature(df: pl.DataFrame) -> alt.HConcatChart:
         return (
             alt.layer(chart, data=values(df.filter(quantity=quantity)))
             .facet(row=alt.Row("panel:N", title=None, sort=panels(df)))
-            .resolve_scale(y="independent")
+            .resolve_scale(x="independent", y="independent")
         )
 
     shown = [q for q in ("lambda_max", "beta_eff") if q in set(df["quantity"])]
@@ -167,7 +167,7 @@ def ics(df: pl.DataFrame) -> alt.VConcatChart:
     def one(quantity: str, scale) -> alt.FacetChart:
         d = df.filter(quantity=quantity)
         chart = line_band(STEP, "mean", f"ICS {quantity}", scale=scale).properties(width=W, height=H)
-        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(y="independent")
+        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(x="independent", y="independent")
 
     return alt.vconcat(*(one(q, s) for q, s in (("l2", LOG), ("cosine", alt.Undefined)) if q in set(df["quantity"])))
 

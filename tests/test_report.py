@@ -36,6 +36,30 @@ def test_figure_seed_bands_agree_with_the_tables(measured_output):
         assert (r["mean"], r["lo"], r["hi"], r["seeds"]) == pytest.approx((sel.mean(), sel.min(), sel.max(), len(sel)))
 
 
+def _facets(spec):
+    """Every faceted sub-spec of a Vega-Lite spec."""
+    if isinstance(spec, dict):
+        if "facet" in spec:
+            yield spec
+        for v in spec.values():
+            yield from _facets(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            yield from _facets(v)
+
+
+def test_step_panels_each_get_their_own_step_axis(measured_output):
+    """Cells of different lengths (the DLN's and the VGG's) side by side: no panel is squeezed into another's steps."""
+    tables = load.tables(str(measured_output), "measured")
+    checked = 0
+    for name in figures.FIGURES:
+        for f in _facets(figures.build(name, tables)[0].to_dict()):
+            if '"x": {"field": "step"' in json.dumps(f["spec"]):
+                assert f.get("resolve", {}).get("scale", {}).get("x") == "independent", name
+                checked += 1
+    assert checked >= 5
+
+
 def test_report_writes_every_file_offline(measured_report):
     folder, written = measured_report
     assert len(written) == 1 and sorted(written[0].drawn) == sorted(figures.FIGURES) and not written[0].skipped
