@@ -72,10 +72,16 @@ def eos_rule() -> alt.Chart:
         y=alt.Y("min(eos):Q"), tooltip=[alt.Tooltip("min(eos):Q", title="2/lr", format=".3~g")])
 
 
+def step_panels(chart: alt.LayerChart, share_y: bool = False, **facet) -> alt.FacetChart:
+    """`chart` faceted by `facet`, each panel with its own step axis (a VGG cell's 1,500 steps beside the DLN's
+    10,000) and, unless `share_y`, its own y axis."""
+    return chart.facet(**facet).resolve_scale(x="independent", y="shared" if share_y else "independent")
+
+
 def accuracy(df: pl.DataFrame) -> alt.FacetChart:
     """Figs. 1, 2: train and test accuracy vs step, one panel per (arch, lr), one line per norm."""
     chart = line_band(STEP, "mean", "accuracy (eval mode)").properties(width=W, height=H)
-    return alt.layer(chart, data=values(df)).facet(row=alt.Row("split:N"), column=column(df)).resolve_scale(x="independent")
+    return step_panels(alt.layer(chart, data=values(df)), share_y=True, row=alt.Row("split:N"), column=column(df))
 
 
 def distributions(df: pl.DataFrame) -> alt.FacetChart:
@@ -86,22 +92,20 @@ def distributions(df: pl.DataFrame) -> alt.FacetChart:
     seeds = base.mark_area(opacity=0.6, color="black").encode(y="lo:Q", y2="hi:Q")
     median = base.mark_line(color="black").encode(y="mean:Q", tooltip=tips("step", "mean", "q05", "q25", "q75", "q95", "seeds"))
     layers = alt.layer(outer, inner, seeds, median, data=values(df)).properties(width=W, height=H)
-    return layers.facet(row=alt.Row("norm:N"), column=column(df)).resolve_scale(x="independent")
+    return step_panels(layers, share_y=True, row=alt.Row("norm:N"), column=column(df))
 
 
 def by_quantity(df: pl.DataFrame, title: str = "") -> alt.FacetChart:
     """Figs. 3, 8: one row per quantity, one panel per (arch, lr, layer), one line per norm."""
     chart = line_band(STEP, "mean", title).properties(width=W, height=H)
-    return (alt.layer(chart, data=values(df))
-            .facet(row=alt.Row("quantity:N"), column=column(df))
-            .resolve_scale(x="independent", y="independent"))
+    return step_panels(alt.layer(chart, data=values(df)), row=alt.Row("quantity:N"), column=column(df))
 
 
 def training_loss(df: pl.DataFrame) -> alt.VConcatChart:
     """Figs. 3b, 5: training loss (batch, binned) vs step, log scale, one line per norm; one row of lrs per arch."""
     def one(d: pl.DataFrame) -> alt.FacetChart:
         chart = line_band(STEP, "mean", "training loss", scale=LOG).properties(width=W, height=H)
-        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(x="independent", y="independent")
+        return step_panels(alt.layer(chart, data=values(d)), column=column(d))
     return alt.vconcat(*(one(df.filter(arch=a)) for a in sorted(set(df["arch"]))))
 
 
@@ -113,8 +117,7 @@ def landscape(df: pl.DataFrame) -> alt.VConcatChart:
                                                      tooltip=tips("norm", "step", lo, hi, "seeds"))]
         if line:
             layers += [base.mark_line().encode(y=alt.Y(f"{line}:Q", scale=LOG)), eos_rule()]
-        return (alt.layer(*layers, data=values(df)).properties(width=W, height=H).facet(column=column(df))
-                .resolve_scale(x="independent", y="independent"))
+        return step_panels(alt.layer(*layers, data=values(df)).properties(width=W, height=H), column=column(df))
     return alt.vconcat(band("loss_lo", "loss_hi", "loss over eta"), band("grad_lo", "grad_hi", "gradient change over eta"),
                        band("beta_lo", "beta_hi", "beta_eff", line="beta_eff"))
 
@@ -151,11 +154,8 @@ def curvature(df: pl.DataFrame) -> alt.HConcatChart:
 
     def one(quantity: str) -> alt.FacetChart:
         chart = alt.layer(line_band(STEP, "mean", quantity, scale=LOG), eos_rule()).properties(width=W, height=H)
-        return (
-            alt.layer(chart, data=values(df.filter(quantity=quantity)))
-            .facet(row=alt.Row("panel:N", title=None, sort=panels(df)))
-            .resolve_scale(x="independent", y="independent")
-        )
+        return step_panels(alt.layer(chart, data=values(df.filter(quantity=quantity))),
+                           row=alt.Row("panel:N", title=None, sort=panels(df)))
 
     shown = [q for q in ("lambda_max", "beta_eff") if q in set(df["quantity"])]
     return alt.hconcat(*(one(q) for q in shown))
@@ -167,7 +167,7 @@ def ics(df: pl.DataFrame) -> alt.VConcatChart:
     def one(quantity: str, scale) -> alt.FacetChart:
         d = df.filter(quantity=quantity)
         chart = line_band(STEP, "mean", f"ICS {quantity}", scale=scale).properties(width=W, height=H)
-        return alt.layer(chart, data=values(d)).facet(column=column(d)).resolve_scale(x="independent", y="independent")
+        return step_panels(alt.layer(chart, data=values(d)), column=column(d))
 
     return alt.vconcat(*(one(q, s) for q, s in (("l2", LOG), ("cosine", alt.Undefined)) if q in set(df["quantity"])))
 

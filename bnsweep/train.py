@@ -67,9 +67,13 @@ class SquaredError:
     def factor(self, n: int) -> float:
         return (0.5 if self.half else 1.0) / (n if self.reduction == "mean" else 1)
 
-    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, D), (B, D) -> ()
-        sse, c = (out - y).pow(2).sum(), self.factor(len(y))
+    def scaled(self, sse, n: int):
+        """The loss of n samples whose squared errors sum to `sse` (a tensor or a float)."""
+        c = self.factor(n)
         return sse if c == 1 else sse * c  # the default multiplies by nothing: bit for bit as always
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, D), (B, D) -> ()
+        return self.scaled((out - y).pow(2).sum(), len(y))
 
 
 def loss_fn(info: DatasetInfo):
@@ -119,7 +123,7 @@ def evaluate(model: torch.nn.Module, data: Data, step: int, batch_size: int) -> 
         if classification:
             correct, loss = sum(torch.stack(hits).tolist()), total / len(x)  # mean CE
         else:  # the training loss over the whole split
-            loss = total if (c := loss_fn(data.info).factor(len(x))) == 1 else total * c
+            loss = loss_fn(data.info).scaled(total, len(x))
         rows.append({"step": step, "split": split, "loss": loss,
                      "accuracy": correct / len(x) if classification else None})
     model.train()
