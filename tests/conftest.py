@@ -1,5 +1,6 @@
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ from bnsweep.measure import MEASURES
 # before Ray starts anything (see bnsweep.runner.RAY_ENV)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Hypothesis keeps its example database outside the checkout (by default it writes .hypothesis/ in the
+# working directory); it is read lazily, so setting this before the first test is enough
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "bnsweep-hypothesis"))
 
 ROOT = Path(__file__).resolve().parents[1]
 

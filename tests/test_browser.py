@@ -1,13 +1,16 @@
 """The report in headless Chromium (Debian's `chromium`): no console errors, no network, every chart drawn.
 
-A screenshot goes to test-artifacts/report.png. Without Chromium the test skips, saying how to
+A screenshot goes to $BNSWEEP_TEST_ARTIFACTS/report.png when that is set (to keep it), else under the test's
+temporary folder: nothing is written into the checkout. Without Chromium the test skips, saying how to
 install it (CI's `.ci/run` installs it; a test never installs software).
 """
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from needs import unavailable
 
 from analysis import figures
 
@@ -33,12 +36,15 @@ FLAGS = [
 def chromium() -> str:
     found = next((p for p in map(shutil.which, NAMES) if p), None)
     if not found:
-        pytest.skip("Chromium is not installed: apt-get install chromium (Debian), as .ci/run does")
+        unavailable("Chromium is not installed: apt-get install chromium (Debian), as .ci/run does")
     return found
 
 
 def test_report_renders_in_chromium(measured_report, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="needs the dev extra: pip install -e '.[dev]' (playwright)")
+    try:
+        import playwright.sync_api as playwright
+    except ImportError:
+        unavailable("needs the dev extra: pip install -e '.[dev]' (playwright)")
     browser = chromium()
     folder, written = measured_report
     errors, requests = [], []
@@ -56,12 +62,12 @@ def test_report_renders_in_chromium(measured_report, tmp_path):
         marks = page.evaluate("""[...document.querySelectorAll('div.chart')].map(d =>
             d.querySelectorAll('svg .mark-line path, svg .mark-area path, svg .mark-symbol path').length)""")
         report_errors = page.evaluate("window.reportErrors")
-        artifacts = ROOT / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
+        artifacts = Path(os.environ.get("BNSWEEP_TEST_ARTIFACTS") or tmp_path / "artifacts")
+        artifacts.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(artifacts / "report.png"), full_page=True)
         ctx.close()
     assert errors == [] and report_errors == []
     assert drawn == len(written[0].drawn) == len(figures.FIGURES)
     assert len(marks) == drawn and all(m > 0 for m in marks), marks  # every chart has drawn marks
     assert [u for u in requests if not u.startswith(("file:", "data:", "blob:", "about:"))] == []
-    assert (ROOT / "test-artifacts" / "report.png").stat().st_size > 10_000
+    assert (artifacts / "report.png").stat().st_size > 10_000

@@ -15,6 +15,7 @@ import pytest
 from conftest import tiny_spec, write_spec
 from test_measure_cells import with_measure
 from test_train import cell
+from waiting import HANG_S, wait_until
 
 from analysis import progress, report
 from bnsweep import layout, live, running
@@ -206,54 +207,72 @@ def steps(reported: dict[str, list[dict]]) -> dict[str, list[int]]:
 
 
 class Driver:
-    """tune.report's stand-in: records each report and, while `held`, waits as a lagging driver would."""
+    """tune.report's stand-in: records each report and, while not `released`, waits as a lagging driver would."""
 
     def __init__(self):
-        self.got, self.held, self.taking = [], threading.Event(), threading.Event()
-        self.held.set()
+        self.got, self.released, self.taking = [], threading.Event(), threading.Event()
+        self.released.set()
+        self._cond = threading.Condition()
 
     def __call__(self, result):
         self.taking.set()
-        self.held.wait()
-        self.got.append({k: [m["step"] for m in ms] for k, ms in result["cells"].items()})
+        self.released.wait()
+        with self._cond:
+            self.got.append({k: [m["step"] for m in ms] for k, ms in result["cells"].items()})
+            self._cond.notify_all()
+
+    def wait_for(self, n: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.got) >= n, timeout=HANG_S), f"the driver got {self.got}, not {n} reports"
+
+
+def in_thread(fn) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
 
 
 def test_reporter_never_waits_for_the_driver_and_keeps_each_cells_newest_evaluations():
     driver = Driver()
-    driver.held.clear()  # the driver lags: the first report stays in flight
+    driver.released.clear()  # the driver lags: the first report stays in flight until released
     rep = Reporter(driver, backlog=2)
     rep.put("a", evaluation(0))
-    assert driver.taking.wait(10)
-    t0 = time.perf_counter()
-    for step in (10, 20, 30):
-        rep.put("a", evaluation(step))
-    rep.put("b", evaluation(30))
-    assert time.perf_counter() - t0 < 0.5  # the training thread never waited
+    assert driver.taking.wait(HANG_S)
+
+    def train():  # the training thread's puts, while the driver still holds the first report
+        for step in (10, 20, 30):
+            rep.put("a", evaluation(step))
+        rep.put("b", evaluation(30))
+
+    t = in_thread(train)
+    t.join(HANG_S)  # a put that waited on the driver would wait forever: the driver is only released below
+    assert not t.is_alive(), "Reporter.put waited for the driver"
     assert rep.dropped == 1 and steps({k: [e.metrics() for e in v] for k, v in rep.waiting.items()}) == {"a": [20, 30], "b": [30]}
-    driver.held.set()
-    for _ in range(100):
-        if len(driver.got) == 2:
-            break
-        time.sleep(0.05)
+    driver.released.set()
+    driver.wait_for(2)
     assert driver.got == [{"a": [0]}, {"a": [20, 30], "b": [30]}]  # all that waited, a pack's members in one report
     rep.put("a", evaluation(40))  # the last step: kept for the final report, not sent
-    time.sleep(0.1)
     left = rep.close()
     assert steps(left) == {"a": [40]} and len(driver.got) == 2 and rep.sent == 4
 
 
 def test_closing_waits_only_for_the_report_in_flight():
     driver = Driver()
-    driver.held.clear()
+    driver.released.clear()
     rep = Reporter(driver)
     rep.put("a", evaluation(10))
-    assert driver.taking.wait(10)
+    assert driver.taking.wait(HANG_S)
     rep.put("a", evaluation(20))
     rep.put("a", evaluation(30))
-    threading.Timer(0.3, driver.held.set).start()
     rep.put("a", evaluation(40))
-    left = rep.close()
-    assert driver.got == [{"a": [10]}] and steps(left) == {"a": [20, 30, 40]}  # all that was not sent, in step order
+    left = {}
+    closer = in_thread(lambda: left.update(rep.close()))
+    wait_until(lambda: rep._closed, "close() to begin")
+    assert closer.is_alive() and driver.got == []  # close waits while the report is in flight ...
+    driver.released.set()
+    closer.join(HANG_S)
+    assert not closer.is_alive(), "close() never returned after the driver took the report in flight"
+    assert driver.got == [{"a": [10]}] and steps(left) == {"a": [20, 30, 40]}  # ... and sends nothing more
 
 
 def test_a_failing_report_never_fails_the_cell():
@@ -262,7 +281,7 @@ def test_a_failing_report_never_fails_the_cell():
 
     rep = Reporter(broken)
     rep.put("a", evaluation(10))
-    time.sleep(0.2)
+    wait_until(lambda: rep.error is not None, "the sending thread to meet the failing driver")
     rep.put("a", evaluation(20))
     rep.put("a", evaluation(40))
     assert isinstance(rep.error, RuntimeError)
@@ -346,7 +365,6 @@ def test_an_mlflow_server_that_does_not_answer_is_one_line(tmp_path, monkeypatch
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    t0 = time.perf_counter()
     with pytest.raises(UserError, match=f"--log mlflow: tracking store http://127.0.0.1:{port} does not answer") as e:
         live.check(["mlflow"], str(tmp_path / "logs"))
-    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 30
+    assert "\n" not in str(e.value)

@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import TINY_DLN, tiny_spec, write_spec
+from needs import unavailable
 
 from bnsweep.cli import main
 from bnsweep.records import Store
@@ -23,7 +24,7 @@ SECRET = "bnsweep-test-secret-never-stored"
 def s3_uri():
     server = Path(sys.executable).parent / "moto_server"
     if not server.exists():
-        pytest.skip("moto[server] is not installed (pip install -e '.[dev]')")
+        unavailable("moto[server] is not installed (pip install -e '.[dev]')")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY_DLN, TINY_VGG, tiny_spec, write_spec
+from needs import unavailable
 from test_sweep import assert_complete
 
 from bnsweep.specfile import load_cells
@@ -55,7 +56,7 @@ class Slurm:
         if not self._wait(lambda: subprocess.run(f"munge -n -S {sock} | unmunge -S {sock}", shell=True,
                                                  capture_output=True).returncode == 0, 30):
             self.stop()
-            pytest.skip(f"munged did not start: {tail(r / 'log/munged.log', 5)} {tail(r / 'log/munged.out', 5)}")
+            unavailable(f"munged did not start: {tail(r / 'log/munged.log', 5)} {tail(r / 'log/munged.out', 5)}")
         ctld_port, slurmd_port = free_ports(2)
         (r / "slurm.conf").write_text(f"""\
 ClusterName=bnsweeptest
@@ -139,13 +140,13 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     if os.geteuid() != 0:
-        pytest.skip("a private SLURM needs root (slurmd runs jobs as their user)")
+        unavailable("a private SLURM needs root (slurmd runs jobs as their user)")
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"SLURM or munge not installed (missing {', '.join(missing)}): "
+        unavailable(f"SLURM or munge not installed (missing {', '.join(missing)}): "
                     ".ci/run installs slurm-wlm and munge")
     if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0:
-        pytest.skip("cannot create a PID namespace for slurmd (it keeps the job's `ray stop` away from other Ray "
+        unavailable("cannot create a PID namespace for slurmd (it keeps the job's `ray stop` away from other Ray "
                     "processes on this machine)")
     cluster = Slurm(tmp_path_factory.mktemp("slurm"))
     cluster.start()

@@ -1,0 +1,81 @@
+"""Guard rails with known answers: the divergence check at every position of its window, and which options
+change a cell's identity."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bnsweep.spec import CellConfig
+from bnsweep.train import check_divergence
+
+BAD = [float("nan"), float("inf"), -float("inf")]
+
+
+def state(losses, checked=0, limit=0.0):
+    return SimpleNamespace(losses=torch.tensor(losses, dtype=torch.float32), checked=checked, limit=limit)
+
+
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("at", range(6))
+def test_a_non_finite_loss_anywhere_in_the_first_window_is_the_diverged_step(bad, at):
+    losses = [1.0, 2.0, 1.5, 0.5, 0.7, 0.9]
+    losses[at] = bad
+    st = state(losses)
+    assert check_divergence(st, 1000.0, len(losses)) == at
+    assert st.checked == 0  # a diverged window is not counted as checked
+
+
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("at", range(3, 8))
+def test_a_non_finite_loss_in_a_later_window_is_found_at_its_own_step(bad, at):
+    losses = [1.0, 2.0, 1.5, 0.5, 0.7, 0.9, 0.4, 0.3]
+    st = state(losses)
+    assert check_divergence(st, 1000.0, 3) is None and st.checked == 3 and st.limit == 1000.0
+    losses[at] = bad
+    st.losses = torch.tensor(losses)
+    assert check_divergence(st, 1000.0, len(losses)) == at
+
+
+def test_the_limit_is_the_factor_times_the_first_loss_and_only_a_larger_loss_diverges():
+    st = state([-2.0, 1999.0, 2000.0, -5000.0])  # |first| x 1000 = 2000: equal is not above it; a negative loss is finite
+    assert check_divergence(st, 1000.0, 4) is None and st.checked == 4 and st.limit == 2000.0
+    st = state([2.0, 1999.0, 2000.5, 1.0])
+    assert check_divergence(st, 1000.0, 4) == 2
+
+
+def test_a_finite_window_advances_the_checked_mark_and_the_first_bad_step_wins():
+    st = state([1.0, 1.0, float("nan"), float("inf"), 5000.0])
+    assert check_divergence(st, 1000.0, 2) is None and st.checked == 2
+    assert check_divergence(st, 1000.0, 5) == 2
+
+
+def cifar_cell(**change) -> CellConfig:
+    d = {"sweep": "t", "arch": "vgg11", "norm": "batch", "lr": 0.1, "seed": 0, "device": "cpu", "resources": {"cpu": 1},
+         "dataset": {"name": "cifar10", "root": "data", "download": False}, "model": {}, "norm_options": {},
+         "train": {"steps": 100, "batch_size": 16, "eval_every": 50}}
+    for key, value in change.items():
+        section, _, field = key.partition(".")
+        if field:
+            d[section] = {**d[section], field: value}
+        else:
+            d[section] = value
+    return CellConfig.model_validate(d)
+
+
+@pytest.mark.parametrize("change", [
+    {"dataset.root": "/mnt/elsewhere/cifar"}, {"dataset.download": True}, {"device": "cuda"}, {"resources": {"cpu": 4, "gpu": 1}},
+    {"checkpoint_every": 7}, {"execution": {"pack": 4}},
+], ids=lambda c: next(iter(c)))
+def test_where_a_cell_runs_and_where_its_data_sits_keep_its_id(change):
+    assert cifar_cell(**change).cell_id == cifar_cell().cell_id
+
+
+@pytest.mark.parametrize("change", [
+    {"lr": 0.2}, {"seed": 1}, {"norm": "none"}, {"arch": "vgg13"}, {"train.steps": 101}, {"train.batch_size": 32},
+    {"train.momentum": 0.9}, {"train.weight_decay": 5e-4}, {"train.augment": True}, {"train.divergence_factor": 10.0},
+    {"model": {"width": 0.5}}, {"norm_options": {"eps": 1e-3}}, {"measure": {"ics": {"every": 10, "layers": [1]}}},
+    {"performance": {"precision": "high"}},
+], ids=lambda c: next(iter(c)))
+def test_anything_that_changes_results_changes_the_id(change):
+    assert cifar_cell(**change).cell_id != cifar_cell().cell_id
