@@ -27,6 +27,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/vulture  # dead code; settings and the framework-called names: pyproject.toml [tool.vulture]
 
 bench: setup
 	$(BIN)/python bench/overhead.py

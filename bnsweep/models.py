@@ -209,10 +209,5 @@ def model_size(arch: str, options: Options, info: DatasetInfo) -> tuple[int, int
     return len(weight_layers(model)), sum(p.numel() for p in model.parameters())
 
 
-def count_weight_layers(arch: str, options: Options, info: DatasetInfo) -> int:
-    """How many weight layers `arch` has on this data."""
-    return model_size(arch, options, info)[0]
-
-
 def norm_layer_none(num_features: int) -> nn.Module:
     return nn.Identity()

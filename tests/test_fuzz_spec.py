@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tree_digest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from conftest import tree_digest  # noqa: E402
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from bnsweep.cli import main  # noqa: E402
+from bnsweep.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -59,7 +59,7 @@ class Activations(Measurement):
 
     def before_forward(self, step: int) -> None:
         for k, module, unit in self.targets:
-            def hook(mod, inputs, output, k=k, unit=unit):
+            def hook(_module, _inputs, output, k=k, unit=unit):
                 self.handles.pop(k).remove()  # the training forward pass only, not the probes' passes
                 t0 = time.perf_counter()
                 self.rows.append({"layer": k, "unit": unit, **unit_stats(output[:, unit].reshape(-1))})
