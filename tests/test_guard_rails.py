@@ -79,3 +79,18 @@ def test_where_a_cell_runs_and_where_its_data_sits_keep_its_id(change):
 ], ids=lambda c: next(iter(c)))
 def test_anything_that_changes_results_changes_the_id(change):
     assert cifar_cell(**change).cell_id != cifar_cell().cell_id
+
+
+def test_newcombes_interval_matches_his_1998_worked_example_and_statsmodels():
+    """Newcombe (1998), Stat. Med. 17:873, Table II, method 10: 56/70 - 48/80 = 0.2000, 95% CI (0.0524, 0.3339)."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    from analysis.compare import rates
+
+    d, lo, hi = rates(56, 70, 48, 80)
+    assert d == pytest.approx(0.2) and (round(lo, 4), round(hi, 4)) == (0.0524, 0.3339)
+    d, lo, hi = rates(3, 3, 1, 3)  # the two arms' Wilson intervals are not interchangeable: swapped, this is [+0.04, 1.13]
+    assert (round(lo, 2), round(hi, 2)) == (-0.06, 0.94)
+    for k_a, n_a, k_b, n_b in [(0, 3, 3, 3), (3, 3, 0, 3), (7, 8, 8, 8), (1, 8, 5, 8), (2, 5, 2, 5), (0, 8, 0, 8), (9, 10, 2, 4)]:
+        want = confint_proportions_2indep(k_a, n_a, k_b, n_b, method="newcomb", compare="diff", alpha=0.05)
+        assert rates(k_a, n_a, k_b, n_b)[1:] == pytest.approx(want, abs=1e-9), (k_a, n_a, k_b, n_b)
