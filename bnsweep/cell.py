@@ -13,17 +13,18 @@ import time
 import traceback
 from collections.abc import Callable
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 import torch
 
 import bnsweep
-from bnsweep.layout import RESULT, RESULT_TABLES
+from bnsweep.layout import RESULT, RESULT_TABLES, key_columns
+from bnsweep.measure import enabled
 from bnsweep.pack import train_pack
 from bnsweep.records import Store, cells_row, columns, table
 from bnsweep.running import remove_progress, write_progress
 from bnsweep.spec import CellConfig
 from bnsweep.train import Checkpoint, OnEval, TrainResult, TrainState, train_cell
+from bnsweep.verify import judge
 
 Hooks = Callable[[CellConfig], OnEval | None]  # a cell's evaluation hook (a live view's), or None
 
@@ -92,31 +93,37 @@ def run_cell(cell: CellConfig, store: Store, node_id: str = "local", device: str
 def write_result(cell: CellConfig, store: Store, res: TrainResult | None, error: str | None, started: dt.datetime,
                  t0: float, node_id: str, pack: tuple[int, int] = (1, 0)) -> dict:
     """Write a trained (or failed) cell's tables, its `cells` row last, and remove its checkpoint and sidecar."""
+    files = {}  # table -> its record on the `cells` row: what proves the files are this cell's result
     if res is not None:
-        store.write("steps", cell, table("steps", cell, res.steps))
-        store.write("evals", cell, table("evals", cell, columns(res.evals, "evals")))
+        files["steps"] = store.write("steps", cell, table("steps", cell, res.steps))
+        files["evals"] = store.write("evals", cell, table("evals", cell, columns(res.evals, "evals")))
         for name, rows in res.measure_rows.items():
-            store.write(name, cell, table(name, cell, columns(rows, name)))
+            files[name] = store.write(name, cell, table(name, cell, columns(rows, name)))
     else:  # leave no rows of an earlier, interrupted attempt beside a failed cell
         for name in RESULT_TABLES:
             store.delete(name, cell)
     wall_s = time.perf_counter() - t0
-    row = cells_row(cell, res, started, wall_s, provenance(res.device if res else cell.device, node_id), error, pack)
+    row = cells_row(cell, res, started, wall_s, provenance(res.device if res else cell.device, node_id), error, pack,
+                    files)
     store.write("cells", cell, table("cells", cell, {k: [v] for k, v in row.items()}))
     store.remove(store.checkpoint_path(cell))
     remove_progress(store, cell)
     return {"cell_id": cell.cell_id, "status": row["status"], "wall_s": row["wall_s"], "error": error}
 
 
+def required_tables(cell: CellConfig) -> list[str]:
+    """The tables a finished cell's result must have: steps, evals and one per measurement it turns on."""
+    return ["steps", "evals", *(name for name, _ in enabled(cell.measure))]
+
+
 def has_result(store: Store, cell: CellConfig) -> str | None:
-    """The status of `cell`'s `cells` row if it holds a result (done or diverged), else None."""
-    blob = store.get(store.path("cells", cell))
-    if blob is None:
+    """The status of `cell` if its result verifies (done or diverged; `bnsweep.verify`, as the driver decides), else None."""
+    info = store.fs.get_file_info(store.path("cells", cell))
+    if info.type != pafs.FileType.File:
         return None
-    try:
-        status = pq.read_table(pa.BufferReader(blob), columns=["status"]).column("status")[0].as_py()
-    except (pa.ArrowException, OSError, KeyError, IndexError):
-        return None
+    found = [store.fs.get_file_info(store.path(name, cell)) for name in RESULT_TABLES]
+    results = {name: i for name, i in zip(RESULT_TABLES, found) if i.type == pafs.FileType.File}
+    status, _ = judge(store, info, results, required_tables(cell), key_columns(cell))
     return status if status in RESULT else None
 
 
