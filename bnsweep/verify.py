@@ -156,7 +156,8 @@ def judge(store: Store, cells: pafs.FileInfo, results: dict[str, pafs.FileInfo],
         got = facts(store, results[name], name)
         if why := got.problem or _disagrees(got, name, expected(row), row, (record or {}).get(name)):
             return untrusted(f"its {name} file: {why}", results[name], why)
-    if missing := [n for n in required or [] if n not in (record if record is not None else results)]:
+    need = [*(["steps", "evals"] if record is not None else []), *(required or [])]  # every finished cell writes these
+    if missing := [n for n in dict.fromkeys(need) if n not in (record if record is not None else results)]:
         return untrusted(f"its result lacks {', '.join(missing)}")
     return row["status"], bad
 

@@ -81,10 +81,11 @@ def damage(store: Store, cells, kind: str) -> None:
         rewrite(p("steps"), steps.set_column(steps.schema.get_field_index("loss"), "loss", text))
     elif kind == "no key columns":
         rewrite(p("steps"), steps.drop_columns(["cell_id", "seed"]))
-    elif kind == "forged record":  # the record claims another hash: the file is not what was written
+    elif kind in ("forged record", "empty record"):  # another hash: the file is not what was written; or no files at all
         t = pq.read_table(p("cells"))
         rec = json.loads(t["files_json"][0].as_py())
         rec["steps"]["sha256"] = "0" * 64
+        rec = rec if kind == "forged record" else {}
         rewrite(p("cells"), t.set_column(t.schema.get_field_index("files_json"), "files_json", pa.array([json.dumps(rec)])))
     elif kind == "stray copies":  # what a sync conflict leaves: the result stays, the copies are never read
         for name in ("cells", "steps"):
@@ -94,7 +95,7 @@ def damage(store: Store, cells, kind: str) -> None:
 
 
 KINDS = ["evals as steps", "cells as steps", "half the steps", "steps twice", "another cell's row",
-         "another cell's steps", "moved to another norm", "wrong column type", "no key columns", "forged record"]
+         "another cell's steps", "moved to another norm", "wrong column type", "no key columns", "forged record", "empty record"]
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "stray copies"])
