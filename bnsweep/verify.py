@@ -143,8 +143,9 @@ def judge(store: Store, cells: pafs.FileInfo, results: dict[str, pafs.FileInfo],
         return row["status"], {i.path: "left beside a failed cell's row" for i in results.values()}
     try:
         record = json.loads(row["files_json"]) if row.get("files_json") is not None else None
-        assert record is None or isinstance(record, dict) and all(isinstance(r, dict) for r in record.values())
-    except (ValueError, AssertionError):
+    except ValueError:
+        record = []
+    if record is not None and not (isinstance(record, dict) and all(isinstance(r, dict) for r in record.values())):
         return untrusted("its files_json record is not a JSON object of tables")
     bad = {i.path: "not in its cell's record of the files it wrote" for n, i in results.items()
            if record is not None and n not in record}
@@ -165,7 +166,8 @@ def judge(store: Store, cells: pafs.FileInfo, results: dict[str, pafs.FileInfo],
 def _disagrees(got: Facts, name: str, keys: tuple, row: dict, rec: dict | None) -> str | None:
     """Why a readable result file does not agree with its cell (keys on every row, its record), or None."""
     if got.keys and got.keys != (keys,):
-        return f"holds rows of {len(got.keys)} other cells" if keys not in got.keys else "holds rows of other cells too"
+        other = next(k for k in got.keys if k != keys)
+        return f"holds rows of another cell ({_show(other)})" + (" beside its own" if keys in got.keys else "")
     if rec is not None:
         if rec.get("file") != f"{keys[0]}.parquet":
             return f"is recorded under another name ({rec.get('file')!r})"
