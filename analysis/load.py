@@ -6,8 +6,9 @@
     load.tables("runs/quickstart", "quickstart")      # {name: LazyFrame} for the tables present
 
 The layout is `bnsweep.layout`'s and the reading `bnsweep.records.Store.scan`'s: every scan uses the
-table's fixed schema (files written before a column existed read with nulls there), and damaged or
-stray files are left out with a warning line that names them.
+table's fixed schema (files written before a column existed read with nulls there), and reads only
+files that verify as their cell's result (`bnsweep.verify`): damaged, stray or foreign files are left
+out with a warning line that names them.
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ def sweeps(output: str) -> list[str]:
             for f in s.fs.get_file_info(pafs.FileSelector(folder)):
                 if f.type == pafs.FileType.Directory and f.base_name.startswith("sweep="):
                     names.add(f.base_name.removeprefix("sweep="))
-    return sorted(n for n in names if any(s.files(t, n)[0] for t in TABLES))
+    return sorted(n for n in names if any(s.survey(n).good.values()))
 
 
 def present(output: str, sweep: str | None = None) -> list[str]:
     """The tables with at least one readable file under `output` (for `sweep` only, if given)."""
-    s = store(output)
-    return [name for name in TABLES if s.files(name, sweep)[0]]
+    found = store(output).survey(sweep)
+    return [name for name in TABLES if found.good[name]]
 
 
 def table(output: str, name: str, sweep: str | None = None) -> pl.LazyFrame:
@@ -65,5 +66,5 @@ def table(output: str, name: str, sweep: str | None = None) -> pl.LazyFrame:
 def tables(output: str, sweep: str | None = None) -> dict[str, pl.LazyFrame]:
     """{name: LazyFrame} for every table present under `output` (for `sweep` only, if given)."""
     s = store(output)
-    listed = {name: s.files(name, sweep) for name in TABLES}
-    return {name: s.scan(name, sweep, listed=listed[name]) for name in TABLES if listed[name][0]}
+    found = s.survey(sweep)  # one judgement of every file: a cell's tables are trusted together or not at all
+    return {name: s.scan(name, sweep, listed=found.listed(name)) for name in TABLES if found.good[name]}

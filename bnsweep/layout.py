@@ -60,6 +60,9 @@ for _name, _cls in MEASURES.items():  # one table per measurement, and its cost 
 for _f in [("precision", pa.string()), ("tf32", pa.bool_()), ("cudnn_benchmark", pa.bool_()),
            ("channels_last", pa.bool_()), ("deterministic", pa.bool_()), ("check_every", pa.int64())]:
     SCHEMAS["cells"] = SCHEMAS["cells"].append(pa.field(*_f))
+# the record that proves a result is this cell's (bnsweep/verify.py): per table written, its file name, row count,
+# distinct steps and the sha256 of its bytes, as JSON; null in files written before it existed
+SCHEMAS["cells"] = SCHEMAS["cells"].append(pa.field("files_json", pa.string()))
 
 TABLES = tuple(SCHEMAS)  # cells, steps, evals, then one per measurement
 RESULT_TABLES = tuple(t for t in TABLES if t != "cells")  # written before a cell's `cells` row
@@ -68,7 +71,14 @@ DONE, DIVERGED, FAILED = "done", "diverged", "failed"
 STATUSES = (DONE, DIVERGED, FAILED)
 RESULT = (DONE, DIVERGED)  # statuses that are results; `failed` cells run again
 
+# The columns a file must have to be a table's (beyond these, it may lack only columns added since: they read as
+# null). steps, evals and the measurements have had every column since they first shipped; cells gained many.
+REQUIRED: dict[str, list[str]] = {name: schema.names for name, schema in SCHEMAS.items()}
+REQUIRED["cells"] = KEY_NAMES + ["status", "steps_done"]
+
 CELL_FILE = re.compile(r"^[^./][^/]*\.parquet$")  # <cell_id>.parquet; anything else in a partition is stray
+_PLACE = re.compile(r"^(?P<table>[^/]+)/sweep=(?P<sweep>[^/]+)/arch=(?P<arch>[^/]+)/norm=(?P<norm>[^/]+)/"
+                    r"(?P<cell_id>[^./][^/]*)\.parquet$")
 
 
 def table_dir(root: str, name: str, sweep: str | None = None) -> str:
@@ -79,6 +89,12 @@ def table_dir(root: str, name: str, sweep: str | None = None) -> str:
 def cell_file(root: str, name: str, cell) -> str:
     """Where table `name` keeps the rows of `cell` (anything with sweep, arch, norm, cell_id)."""
     return f"{table_dir(root, name, cell.sweep)}/arch={cell.arch}/norm={cell.norm}/{cell.cell_id}.parquet"
+
+
+def place(root: str, path: str) -> dict[str, str] | None:
+    """{table, sweep, arch, norm, cell_id} that the location of `path` says, or None if it is no cell file's place."""
+    m = _PLACE.match(path.removeprefix(root + "/")) if path.startswith(root + "/") else None
+    return m.groupdict() if m and m["table"] in SCHEMAS else None
 
 
 def checkpoint_file(root: str, sweep: str, cell_id: str) -> str:

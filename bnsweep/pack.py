@@ -248,7 +248,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         if resume is None:
             record_eval(st, res, data, 0, t.eval_batch_size, on_evals[k])
         else:
-            st.load_state_dict(resume)
+            st.load_state_dict(resume, member=k)
             res.resumed_from = st.step
     stack = Stack(states, t.momentum, t.weight_decay, [c.lr for c in cells])
     template, noisy = _template(cell, data, dtype)

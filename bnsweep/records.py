@@ -21,13 +21,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bnsweep import layout
-from bnsweep.layout import KEY_NAMES, RESULT, RESULT_TABLES, SCHEMAS, TABLES
+from bnsweep import layout, verify
+from bnsweep.layout import KEY_NAMES, RESULT, SCHEMAS
 
 if TYPE_CHECKING:
     import polars as pl
 
-_checked: dict[tuple, str | None] = {}  # (path, size, mtime) -> why the file is damaged, or None
 _warned: set[str] = set()
 
 
@@ -44,9 +43,10 @@ def columns(rows: list[dict], name: str) -> dict[str, list]:
 
 
 def cells_row(cell, res, started: dt.datetime, wall_s: float, provenance: dict, error: str | None,
-              pack: tuple[int, int] = (1, 0)) -> dict:
+              pack: tuple[int, int] = (1, 0), files: dict[str, dict] | None = None) -> dict:
     """The `cells` row of `cell` (a CellConfig) after training gave `res` (a TrainResult, or None if it failed);
-    `pack`: (size of the pack it trained in, its index there)."""
+    `pack`: (size of the pack it trained in, its index there); `files`: {table: `Store.write`'s record} of
+    the result files it wrote."""
     t = cell.train
     return {
         "dataset": cell.dataset.name, "steps": t.steps, "batch_size": t.batch_size,
@@ -62,6 +62,7 @@ def cells_row(cell, res, started: dt.datetime, wall_s: float, provenance: dict, 
         "config_json": cell.model_dump_json(),
         "precision": cell.performance.precision, **(res.performance if res else {}),
         **{f"{name}_s": s for name, s in (res.measure_s if res else {}).items()},
+        "files_json": json.dumps(files or {}, sort_keys=True),
     }
 
 
@@ -162,51 +163,26 @@ class Store:
         print(f"moved damaged {path} to {dest}: {why}", file=sys.stderr, flush=True)
         return dest
 
-    def write(self, name: str, cell, t: pa.Table) -> None:
-        """Write one cell's table atomically."""
+    def write(self, name: str, cell, t: pa.Table) -> dict:
+        """Write one cell's table atomically; returns the record its `cells` row keeps of it (`bnsweep.verify`)."""
         buf = pa.BufferOutputStream()
         pq.write_table(t, buf)
-        self.put(self.path(name, cell), buf.getvalue().to_pybytes())
+        data = buf.getvalue().to_pybytes()
+        path = self.path(name, cell)
+        self.put(path, data)
+        return {"file": path.rsplit("/", 1)[-1], **verify.summary(t, data)}
 
     def delete(self, name: str, cell) -> None:
         self.remove(self.path(name, cell))
 
     # --- reading ---------------------------------------------------------------------------
-    def damage(self, info: pafs.FileInfo, name: str) -> str | None:
-        """Why the Parquet file `info` of table `name` cannot be trusted, or None if it reads whole."""
-        key = (info.path, info.size, info.mtime_ns)
-        if key not in _checked:
-            try:
-                with self.fs.open_input_file(info.path) as f:
-                    meta = pq.read_metadata(f)
-                have = meta.schema.to_arrow_schema()
-                missing = [k for k in KEY_NAMES if k not in have.names]
-                bad = [f.name for f in SCHEMAS[name] if f.name in have.names and not have.field(f.name).type.equals(f.type)]
-                _checked[key] = (f"not a {name} table: lacks key columns {', '.join(missing)}" if missing else
-                                 f"columns {', '.join(bad)} have the wrong type" if bad else None)
-            except (OSError, pa.ArrowException) as e:  # truncated, garbage, unreadable
-                _checked[key] = f"unreadable Parquet ({str(e).splitlines()[0][:120]})"
-        return _checked[key]
+    def survey(self, sweep: str | None = None) -> verify.Survey:
+        """Every file of every table (of one sweep, if given), judged: which are trusted, and why the others are not."""
+        return verify.survey(self, sweep)
 
     def files(self, name: str, sweep: str | None = None) -> tuple[list[str], dict[str, str]]:
-        """(paths of the readable cell files of table `name`, {damaged or stray path: why}).
-
-        Hidden files (a write in progress, `.DS_Store`) are passed over silently.
-        """
-        folder = layout.table_dir(self.root, name, sweep)
-        if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
-            return [], {}
-        good, bad = [], {}
-        for info in self.fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
-            if info.type != pafs.FileType.File or info.base_name.startswith("."):
-                continue
-            if not layout.CELL_FILE.match(info.base_name):
-                bad[info.path] = "not a cell file of this table (stray)"
-            elif why := self.damage(info, name):
-                bad[info.path] = why
-            else:
-                good.append(info.path)
-        return sorted(good), bad
+        """(paths of the trusted cell files of table `name`, {untrusted or stray path: why}); see `bnsweep.verify`."""
+        return self.survey(sweep).listed(name)
 
     def scan(self, name: str, sweep: str | None = None, quiet: bool = False,
              listed: tuple[list[str], dict[str, str]] | None = None) -> pl.LazyFrame:
@@ -233,47 +209,25 @@ class Store:
         """One table of one sweep, trusted rows only (empty if none was written yet)."""
         return self.scan(name, sweep).collect().to_arrow().cast(SCHEMAS[name])
 
-    def finished(self, sweep: str, required: dict[str, list[str]] | None = None) -> dict[str, str]:
-        """cell_id -> status for every cell of `sweep` that has a trusted result (done or diverged).
+    def finished(self, sweep: str, required: dict[str, list[str]] | None = None,
+                 expect: dict[str, dict] | None = None) -> dict[str, str]:
+        """cell_id -> status for every cell of `sweep` with a verified result (done or diverged).
 
-        With `required` ({cell_id: tables its result must have}), this is the check a re-run makes:
-        a damaged file of a cell (truncated, garbage, wrong schema) is moved aside under `_damaged/`,
-        and a cell with a damaged or missing result file does not count as finished (its `cells`
-        file is moved aside too, so no reader sees a result without its rows).
+        With `required` ({cell_id: tables its result must have}) and `expect` ({cell_id: its key columns}), this
+        is the check a run makes: every Parquet file that does not verify is moved aside under `_damaged/` (its
+        cell runs again), and the cells of `required` that lost their result are named. Other stray files
+        (`notes.txt`) are named and left where they are: no reader takes them for a result.
         """
-        import polars as pl
-
+        found = verify.survey(self, sweep, required, expect)
+        done = {cid: s for (_, cid), s in found.status.items() if s in RESULT}
         fix = required is not None
-        listed = {name: self.files(name, sweep) for name in TABLES}  # one listing per table
-        damaged: set[str] = set()
-        for _, bad in listed.values():
+        for bad in found.bad.values():
             for path, why in bad.items():
-                if not fix or not layout.CELL_FILE.match(path.rsplit("/", 1)[-1]):
-                    warn(f"skipped {path}: {why}")
-                else:
+                if fix and path.endswith(".parquet"):
                     self.move_aside(path, why)
-                    damaged.add(path.rsplit("/", 1)[-1].removesuffix(".parquet"))
-        cells = self.scan("cells", sweep, quiet=True, listed=listed["cells"])
-        t = cells.filter(pl.col("status").is_in(RESULT)).select("cell_id", "status").collect()
-        done = dict(zip(t["cell_id"], t["status"]))
-        if not fix:
-            return done
-        stem = lambda path: path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        have = {name: {stem(p) for p in listed[name][0]} for name in RESULT_TABLES}
-        cells_file = {stem(p): p for p in listed["cells"][0]}
-        for cell_id in [c for c in done if c in required]:
-            missing = [name for name in required[cell_id] if cell_id not in have[name]]
-            if cell_id in damaged or missing:
-                del done[cell_id]
-                self.move_aside(cells_file[cell_id], f"its result lacks {', '.join(missing)}" if missing
-                                else "a file of its result was damaged")
-        return done
-        have = {name: {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in self.files(name, sweep)[0]}
-                for name in RESULT_TABLES}
-        for cell_id in [c for c in done if c in required]:
-            missing = [name for name in required[cell_id] if cell_id not in have[name]]
-            if cell_id in damaged or missing:
-                del done[cell_id]
-                cells_file = next(p for p in self.files("cells", sweep)[0] if p.endswith(f"/{cell_id}.parquet"))
-                self.move_aside(cells_file, f"its result lacks {', '.join(missing)}" if missing else "a file of its result was damaged")
+                    cid = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+                    if cid in required and cid not in done and path.startswith(layout.table_dir(self.root, "cells")):
+                        print(f"cell {cid} runs again: its result did not verify", file=sys.stderr, flush=True)
+                else:
+                    warn(f"skipped {path}: {why}")
         return done

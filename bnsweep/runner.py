@@ -19,12 +19,11 @@ import tempfile
 from dataclasses import dataclass
 
 from bnsweep import interrupt, live, progress_line
-from bnsweep.cell import run_pack
+from bnsweep.cell import required_tables, run_pack
 from bnsweep.data import ensure_data
 from bnsweep.errors import UserError
-from bnsweep.layout import STATUSES
+from bnsweep.layout import STATUSES, key_columns
 from bnsweep.lock import RunLock
-from bnsweep.measure import enabled
 from bnsweep.records import Store
 from bnsweep.reporter import Reporter
 from bnsweep.running import write_run
@@ -139,8 +138,9 @@ def _sees(uri: str, path: str) -> bool:
 
 def pending_cells(cells: list[CellConfig], store: Store) -> list[CellConfig]:
     """The cells without a trusted result; damaged files are moved aside and their cells run again."""
-    required = {c.cell_id: ["steps", "evals", *(name for name, _ in enabled(c.measure))] for c in cells}
-    finished = store.finished(cells[0].sweep, required) if cells else {}
+    required = {c.cell_id: required_tables(c) for c in cells}  # decided as the worker does (bnsweep.verify.judge)
+    expect = {c.cell_id: key_columns(c) for c in cells}
+    finished = store.finished(cells[0].sweep, required, expect) if cells else {}
     return [c for c in cells if c.cell_id not in finished]
 
 

@@ -264,9 +264,14 @@ class CellConfig(Options):
         return d
 
     @functools.cached_property  # hashed once per cell: plan and run ask for it several times
-    def cell_id(self) -> str:
+    def spec_hash(self) -> str:
+        """sha256 of the cell's identity: what its checkpoints record; `cell_id` is its first 16 hex digits."""
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @functools.cached_property
+    def cell_id(self) -> str:
+        return self.spec_hash[:16]
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -29,6 +29,14 @@ from bnsweep.performance import Performance, applied, checks_every, layout
 from bnsweep.spec import CellConfig
 
 Checkpoint = Callable[[bytes, int], None]  # (TrainState.to_bytes(), the step it holds)
+
+
+class ResumeError(Exception):
+    """A checkpoint that loaded safely but does not fit its cell's state (shapes, keys, lengths)."""
+
+    def __init__(self, why: str, member: int = 0):
+        super().__init__(why)
+        self.member = member  # its place in a pack
 # (step, that evaluation's rows: train and test split, each measurement's rows at its latest probed step)
 OnEval = Callable[[int, list[dict], dict[str, list[dict]]], None]
 
@@ -155,6 +163,7 @@ class TrainState:
     limit: float = math.inf  # the divergence threshold, fixed from the step-0 loss
     checked: int = 0  # steps [0, checked) passed the divergence test
     seconds: dict[str, float] = field(default_factory=dict)  # time spent by earlier attempts
+    owner: dict[str, str] = field(default_factory=dict)  # cell_id and spec_hash: whose state a checkpoint is
 
     def state_dict(self, seconds: dict[str, float] | None = None) -> dict:
         """The state as tensors and plain data; `seconds`: time spent up to now (default: by earlier attempts)."""
@@ -166,9 +175,17 @@ class TrainState:
             "losses": self.losses[: self.step].cpu(), "accs": self.accs[: self.step].cpu(),
             "evals": self.evals, "measure_rows": self.probes.rows,
             "seconds": self.seconds if seconds is None else seconds,
+            **self.owner,
         }
 
-    def load_state_dict(self, d: dict) -> None:
+    def load_state_dict(self, d: dict, member: int = 0) -> None:
+        """Restore a saved state; one that does not fit this state raises ResumeError (nothing trained yet)."""
+        try:
+            self._load(d)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise ResumeError(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", member) from e
+
+    def _load(self, d: dict) -> None:
         dev = self.losses.device
         self.step, self.limit, self.checked = d["step"], d["limit"], d["checked"]
         self.model.load_state_dict(d["model"])
@@ -223,6 +240,7 @@ def new_state(cell: CellConfig, data: Data, dev: torch.device, dtype: torch.dtyp
         losses=torch.empty(t.steps, device=dev, dtype=torch.float64),
         accs=torch.empty(t.steps, device=dev, dtype=torch.float64),
         probes=Measurements(cell.measure, model, t.steps, cell.seed),
+        owner={"cell_id": cell.cell_id, "spec_hash": cell.spec_hash},
     )
 
 
