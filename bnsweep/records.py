@@ -2,9 +2,11 @@
 
 The layout (schemas, paths, statuses) is `bnsweep.layout`'s. Read a whole sweep with
 `polars.scan_parquet("<output>/steps/**/*.parquet", hive_partitioning=True)`, or through
-`Store.scan`, which leaves out damaged and stray files with a warning that names them.
-A file appears whole or not at all (write to a hidden temporary name, then rename; on object stores
-a single PUT). The `cells` table is written last: a cell is finished once its `cells` row says so.
+`Store.scan`, which reads only files that verify as their cell's result (`bnsweep.verify`) and names
+the others in a warning line. A file appears whole or not at all (write to a hidden temporary name,
+then rename; on object stores a single PUT). The `cells` table is written last, recording each file
+the cell wrote (name, rows, distinct steps, sha256): a cell is finished once that row says so and its
+files agree with it.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def _read(store: Store, path: str, name: str) -> Facts:
         t = pf.read(columns=cols)
     except (OSError, pa.ArrowException) as e:  # truncated, garbage
         return Facts(sha, problem=f"unreadable Parquet ({str(e).splitlines()[0][:120]})")
-    keys = tuple(sorted({tuple(r.values()) for r in t.select(KEY_NAMES).to_pylist()}, key=repr))
+    keys = tuple(sorted(tuple(r.values()) for r in t.group_by(KEY_NAMES).aggregate([]).select(KEY_NAMES).to_pylist()))
     return Facts(sha, rows=t.num_rows, keys=keys, steps=summary(t, b"")["steps"],
                  row=t.slice(0, 1).to_pylist()[0] if name == "cells" and t.num_rows else None)
 

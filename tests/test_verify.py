@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_DLN, tiny_spec, write_spec
 from test_train import cell
 
 from analysis import load
@@ -24,6 +25,7 @@ from bnsweep.cli import main
 from bnsweep.layout import SCHEMAS, TABLES
 from bnsweep.records import Store
 from bnsweep.runner import pending_cells
+from bnsweep.specfile import load_cells
 
 STEPS = 20
 
@@ -202,3 +204,26 @@ def test_a_wrong_column_type_or_missing_keys_is_not_the_table(name):
     assert "lacks key columns cell_id" in verify.schema_problem(schema.remove(0), name)
     extra = schema.append(pa.field("surprise", pa.int64()))
     assert "surprise" in verify.schema_problem(extra, name)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_heals_a_cells_file_holding_another_cells_row(tmp_path, capsys):
+    """Through Ray: the worker used to skip the cell its driver had just called pending; now both judge alike."""
+    grid = {**TINY_DLN, "norm": ["batch"], "lr": [1e-4]}  # two cells: seeds 0 and 1
+    spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[grid]))
+    assert main(["run", str(spec)]) == 0
+    _, (a, b) = load_cells(spec)
+    store = Store(str(tmp_path / "out"))
+    shutil.copy(store.path("cells", b), store.path("cells", a))
+    capsys.readouterr()
+    assert main(["run", str(spec)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 already have results, 1 to run" in out and f"cell {a.cell_id} runs again" in err
+    assert main(["run", str(spec)]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    cells = load.table(store.root, "cells").collect()
+    assert sorted(cells["cell_id"].to_list()) == sorted([a.cell_id, b.cell_id]) and set(cells["status"]) == {"done"}
+    aside = sorted(os.path.relpath(p, layout.damaged_dir(store.root)).split("/")[0] for p in moved_aside(store))
+    assert aside == ["cells", "evals", "steps"]  # the foreign row and the files it left unproven, all of cell a
+    assert all(f"/{a.cell_id}.parquet." in p for p in moved_aside(store))
