@@ -24,8 +24,8 @@ from bnsweep import clearway, interrupt, layout, live, progress_line, reap
 from bnsweep.cell import run_pack
 from bnsweep.data import ensure_data
 from bnsweep.errors import UserError
-from bnsweep.layout import STATUSES
-from bnsweep.lock import Fence, RunLock
+from bnsweep.layout import FAILED, STATUSES
+from bnsweep.lock import Fence, LeaseLost, RunLock
 from bnsweep.measure import enabled
 from bnsweep.records import Store
 from bnsweep.reporter import Reporter
@@ -68,6 +68,9 @@ def _trial(config: dict) -> None:
     store = Store(config["output"], guard=Fence(**config["fence"]))  # no write once the driver lost its lease
     try:
         outs = run_pack(cells, store, node_id=ray.get_runtime_context().get_node_id(), hooks=reporter.hook)
+    except (OSError, LeaseLost) as e:  # not even the failed row could be written (a read-only output, a lost lease):
+        print(f"cells {', '.join(c.cell_id for c in cells)} failed: {e}", file=sys.stderr)  # the trial ends, no retry
+        outs = [{"cell_id": c.cell_id, "status": FAILED, "wall_s": 0.0} for c in cells]
     finally:
         left = reporter.close()
     counts = {f"n_{s}": sum(o["status"] == s for o in outs) for s in STATUSES}  # Tune reserves `done`
