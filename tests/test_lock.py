@@ -195,3 +195,13 @@ def test_release_on_a_read_only_output_warns_instead_of_raising(store, fast, mon
 def test_process_start_reads_this_process():
     assert L.process_start(os.getpid()) == L.process_start(os.getpid()) is not None
     assert L.process_start(2**22 + 12345) is None
+
+
+@pytest.mark.parametrize("blob", [b"{\"pid\": \"abc\"}", b"{\"host\": \"h\"}", b"\x00torn"], ids=["pid-abc", "no-pid", "torn"])
+def test_ls_reads_a_garbage_lock_as_no_driver(store, blob, capsys):
+    from bnsweep import cli
+
+    store.put(f"{store.root}/_runs/s.json", json.dumps({"sweep": "s", "total": 0, "cells": []}).encode())
+    put(store, blob)
+    assert cli.main(["ls", store.uri]) == 0
+    assert "running" not in capsys.readouterr().out
