@@ -183,9 +183,9 @@ class Fence:
         store = _stores.get(self.uri) or _stores.setdefault(self.uri, Store(self.uri))
         now = read(store, self.path)
         if now is None or now.id != self.id or now.generation != self.generation:
-            taker = f"to {now.who()}" if now is not None else "(its record is gone)"
-            raise LeaseLost(f"this run lost its lock {self.path} {taker}; it stopped without writing more. "
-                            "Another driver runs the sweep now")
+            taker = (f"to another driver ({now.who()})" if now is not None else
+                     "(the record is gone: another driver took it over and finished, or it was removed)")
+            raise LeaseLost(f"this run lost its lock {self.path} {taker}; it stopped without writing more")
 
 
 class RunLock:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -174,17 +176,21 @@ def _connect(address: str | None):
 
 @contextmanager
 def _own_sigterm(ray):
-    """Keep Ray from installing its SIGTERM handlers in the driver while it starts: they exit from inside `ray.init`
-    (status 15) or kill Ray's processes under Tune's loop (status 1, or SIGABRT at exit); bnsweep.interrupt stops
-    the run instead."""
+    """Keep Ray's SIGTERM handlers out of the driver: they exit from inside `ray.init` (status 15) or kill Ray's
+    processes under Tune's loop (status 1); bnsweep.interrupt stops the run instead."""
     import ray._private.utils as ray_utils
 
     original = ray_utils.set_sigterm_handler
     ray_utils.set_sigterm_handler = lambda handler: None
+    ours = signal.getsignal(signal.SIGTERM)
     try:
         yield
     finally:
         ray_utils.set_sigterm_handler = original
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            # Ray's core worker puts its C++ failure-signal handler in front of ours: on SIGTERM it printed a stack
+            # dump and the driver ended by SIGABRT (-6). Installing ours again takes it out of the chain.
+            signal.signal(signal.SIGTERM, ours)
 
 
 def _reachable(address: str, timeout_s: float = 10.0) -> None:

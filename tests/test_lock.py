@@ -170,7 +170,7 @@ def test_lost_lease_refuses_every_write_and_is_noticed_by_the_heartbeat(store, f
     guarded.put(f"{store.root}/x.json", b"1")
     put(store, here(host="elsewhere", id="taker", generation=lk.record["generation"] + 1))  # a second driver took over
     for s in (guarded, worker):
-        with pytest.raises(L.LeaseLost, match="lost its lock .*host elsewhere"):
+        with pytest.raises(L.LeaseLost, match="lost its lock .*another driver .host elsewhere"):
             s.put(f"{store.root}/y.json", b"2")
         with pytest.raises(L.LeaseLost):
             s.remove(f"{store.root}/x.json")
