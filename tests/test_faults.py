@@ -114,17 +114,20 @@ def test_second_signal_exits_at_once_and_leaves_no_ray_process(tmp_path):
     _no_ray_left(d.p.pid)
 
 
-def test_two_drivers_one_paused_past_the_stale_limit(tmp_path, monkeypatch):
-    """Driver A is paused with its Ray processes (a suspended machine); B takes the lease over and runs the sweep;
-    A, resumed, notices before writing anything and stops with one line."""
+@pytest.mark.parametrize("group", [True, False], ids=["with-its-ray", "driver-alone"])
+def test_two_drivers_one_paused_past_the_stale_limit(tmp_path, monkeypatch, group):
+    """Driver A is paused past the stale limit, with its Ray processes (a suspended machine) or alone (its cells
+    go on and find the lease gone at their next write); B takes the lease over and runs the sweep; A, resumed,
+    notices before writing anything and stops with one line."""
     stale_s = 10.0
     monkeypatch.setenv("BNSWEEP_LOCK_STALE_S", str(stale_s))
     spec, out = _spec(tmp_path, "two", steps=6_000, lrs=[1e-6, 2e-6]), tmp_path / "out"
     lock = out / "_locks" / "two.json"
+    pause = os.killpg if group else os.kill  # A and its Ray processes are one session, one process group
     a = Driver(spec)
     try:
         a.wait_for("A's running cells", lambda: len(_sidecars(out, "two")) == 2)
-        os.killpg(a.p.pid, signal.SIGSTOP)  # A and its Ray processes: one session, one process group
+        pause(a.p.pid, signal.SIGSTOP)
 
         def stale() -> bool:
             try:
@@ -143,7 +146,7 @@ def test_two_drivers_one_paused_past_the_stale_limit(tmp_path, monkeypatch):
         assert len(_cells(out, "two")) == 2
         before = tree_digest(out)
     finally:
-        os.killpg(a.p.pid, signal.SIGCONT)
+        pause(a.p.pid, signal.SIGCONT)
     assert a.finish(limit_s=300) == 3, a.text()
     err = _clean(a)
     assert "lost its lock" in err and err.count("error:") == 1, a.text()
