@@ -231,7 +231,7 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
         clearway.folders(store, {layout.damaged_dir(store.root), layout.lock_file(store.root, sweep).rsplit("/", 1)[0]})
         with RunLock(store, sweep) as lock:
             lock.on_lost = interrupt.lost
-            store.guard = lock.check  # the driver's own writes: none once the lease is lost
+            store.guard = lock.fence  # the driver's own writes: none once the lease is lost (picklable, like the cells')
             try:
                 return _locked(cells, store, lock, ray, max_concurrent, max_failures, list(log), log_dir)
             finally:
