@@ -34,28 +34,40 @@ def _summary(cells, output: str) -> str:
 
 
 def cmd_run(args) -> int:
-    from bnsweep import runner
+    from bnsweep import interrupt, runner
+    from bnsweep.console import quiet_when_closed
     from bnsweep.data import ensure_data
     from bnsweep.interrupt import StopOnInterrupt
     from bnsweep.live import LOGGERS
-    from bnsweep.records import Store
+    from bnsweep.lock import LeaseLost
     from bnsweep.specfile import load_cells
 
     if args.log_dir and not args.log:
         raise UserError(f"--log-dir {args.log_dir}: it is the folder of --log output; give --log {'|'.join(LOGGERS)} too")
     spec, cells = load_cells(args.spec, args.max_cells)
     ensure_data(c.dataset for c in cells)
-    with StopOnInterrupt():
-        outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent,
-                             log=args.log or [], log_dir=args.log_dir)
+    with quiet_when_closed(), StopOnInterrupt():  # `run | head -1` does not stop the sweep
+        try:
+            outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent,
+                                 log=args.log or [], log_dir=args.log_dir)
+        except LeaseLost as e:  # another driver runs the sweep now: no summary of a sweep this driver no longer owns
+            print(f"error: {e}", file=sys.stderr)
+            return interrupt.LOST_STATUS
+        return _run_end(spec, cells, outcome, interrupt.status() if interrupt.signalled() or outcome.interrupted else 0)
+
+
+def _run_end(spec, cells, outcome, stopped: int) -> int:
+    """The summary `run` ends with, and its exit status (`stopped`: the status of a stop request, else 0)."""
+    from bnsweep.records import Store
+
     if outcome.total == 0:
         print("nothing to run: every cell already has a result")
     print(f"\nsweep {spec.name}: final metrics over seeds (mean ± sd over finished seeds, n = seeds)")
     print(_summary(cells, spec.output))
     print(f"\ntables: {Store(spec.output).uri}/{{cells,steps,evals}}/sweep={spec.name}/")
-    if outcome.interrupted:
-        print("interrupted: run the same command again to finish the remaining cells", file=sys.stderr)
-        return 130
+    if stopped:
+        print("stopped: run the same command again to finish the remaining cells", file=sys.stderr)
+        return stopped
     if outcome.failed:
         print(f"{outcome.failed} cells failed (see the `error` column of the cells table); run again to retry them", file=sys.stderr)
         return 1
@@ -278,5 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        from bnsweep import interrupt
+
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return interrupt.status()
+

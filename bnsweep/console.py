@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import sys
+from contextlib import contextmanager
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -47,3 +51,54 @@ def frame_table(df, max_rows: int | None = 50, more: bool = False) -> str:
     if len(shown) < len(df):
         return text + f"\n({len(df)} rows; the first {len(shown)} shown: use --max-rows 0, LIMIT, or --format csv)"
     return text + f"\n({len(df)} row{'s' if len(df) != 1 else ''})"
+
+
+class _QuietWhenClosed:
+    """A text stream that forwards to `stream` until its reader is gone, then drops what is written."""
+
+    def __init__(self, stream):
+        self._stream, self.gone = stream, False
+
+    def _lost(self) -> None:
+        self.gone = True
+        try:  # Python's final flush of the real stdout at exit would fail the same way: point it at /dev/null
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def _forward(self, call, *args):
+        if self.gone:
+            return None
+        try:
+            return call(*args)
+        except (BrokenPipeError, ConnectionResetError, ValueError):
+            self._lost()
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self._lost()
+        return None
+
+    def write(self, text: str) -> int:
+        written = self._forward(self._stream.write, text)
+        return len(text) if written is None else written
+
+    def flush(self) -> None:
+        self._forward(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def quiet_when_closed():
+    """Within: what goes to stdout is dropped once its reader has gone (`bnsweep run ... | head -1`, a closed
+    terminal) instead of raising BrokenPipeError wherever it is printed (in Tune's callbacks it stopped the sweep)."""
+    real = sys.stdout
+    sys.stdout = _QuietWhenClosed(real)
+    try:
+        yield
+    finally:
+        sys.stdout = real

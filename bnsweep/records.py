@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -78,7 +79,8 @@ def warn(message: str) -> None:
 class Store:
     """An output location (local path or URI) seen through a pyarrow filesystem."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, guard: Callable[[], None] | None = None):
+        self.guard = guard  # called before every write; raises to refuse it (the run lock's fence, bnsweep.lock)
         if "://" not in output:
             output = os.path.abspath(os.path.expanduser(output))
         self.uri = output
@@ -87,7 +89,7 @@ class Store:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __reduce__(self):  # ship the URI to workers, not the filesystem object
-        return (Store, (self.uri,))
+        return (Store, (self.uri, self.guard))
 
     def scan_target(self, path: str) -> tuple[str, dict | None]:
         """(address, storage_options) for Polars to read `path` (a path of this store's filesystem)."""
@@ -118,6 +120,8 @@ class Store:
     # --- writing ---------------------------------------------------------------------------
     def put(self, path: str, data: bytes) -> None:
         """Write `data` at `path` so that readers see the whole file or nothing."""
+        if self.guard:
+            self.guard()
         parent, base = path.rsplit("/", 1)
         self.fs.create_dir(parent, recursive=True)
         if not self.local:  # an object store PUT is atomic
@@ -153,11 +157,15 @@ class Store:
         return rec if isinstance(rec, dict) else None
 
     def remove(self, path: str) -> None:
+        if self.guard:
+            self.guard()
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             self.fs.delete_file(path)
 
     def move_aside(self, path: str, why: str) -> str:
         """Move a damaged file under <output>/_damaged/ (never deleted) and say so; returns its new path."""
+        if self.guard:
+            self.guard()
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         dest = f"{layout.damaged_dir(self.root)}/{path.removeprefix(self.root + '/')}.{stamp}"
         self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)

@@ -12,18 +12,22 @@ runs only the new cells.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bnsweep import interrupt, live, progress_line
+from bnsweep import clearway, interrupt, layout, live, progress_line, reap
 from bnsweep.cell import required_tables, run_pack
 from bnsweep.data import ensure_data
 from bnsweep.errors import UserError
-from bnsweep.layout import STATUSES, key_columns
-from bnsweep.lock import RunLock
+from bnsweep.layout import FAILED, STATUSES, key_columns
+from bnsweep.lock import Fence, LeaseLost, RunLock
 from bnsweep.records import Store
 from bnsweep.reporter import Reporter
 from bnsweep.running import write_run
@@ -62,8 +66,12 @@ def _trial(config: dict) -> None:
     cells = [CellConfig.model_validate_json(j) for j in config["cell"]["json"]]
     torch.set_num_threads(max(1, int(cells[0].resources.cpu)))  # reused actors keep the old count otherwise
     reporter = Reporter(tune.report)
+    store = Store(config["output"], guard=Fence(**config["fence"]))  # no write once the driver lost its lease
     try:
-        outs = run_pack(cells, Store(config["output"]), node_id=ray.get_runtime_context().get_node_id(), hooks=reporter.hook)
+        outs = run_pack(cells, store, node_id=ray.get_runtime_context().get_node_id(), hooks=reporter.hook)
+    except (OSError, LeaseLost) as e:  # not even the failed row could be written (a read-only output, a lost lease):
+        print(f"cells {', '.join(c.cell_id for c in cells)} failed: {e}", file=sys.stderr)  # the trial ends, no retry
+        outs = [{"cell_id": c.cell_id, "status": FAILED, "wall_s": 0.0} for c in cells]
     finally:
         left = reporter.close()
     counts = {f"n_{s}": sum(o["status"] == s for o in outs) for s in STATUSES}  # Tune reserves `done`
@@ -153,15 +161,36 @@ def _connect(address: str | None):
 
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded Ray is private to this process; clusters set token auth
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
+        with _own_sigterm(ray), interrupt.deferred():
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     object_store_memory=256 * 1024**2, logging_level=logging.ERROR)
         return ray
     _reachable(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        with _own_sigterm(ray), interrupt.deferred():
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({str(e).splitlines()[0][:200]})") from None
     return ray
+
+
+@contextmanager
+def _own_sigterm(ray):
+    """Keep Ray's SIGTERM handlers out of the driver: they exit from inside `ray.init` (status 15) or kill Ray's
+    processes under Tune's loop (status 1); bnsweep.interrupt stops the run instead."""
+    import ray._private.utils as ray_utils
+
+    original = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    ours = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            # Ray's core worker puts its C++ failure-signal handler in front of ours: on SIGTERM it printed a stack
+            # dump and the driver ended by SIGABRT (-6). Installing ours again takes it out of the chain.
+            signal.signal(signal.SIGTERM, ours)
 
 
 def _reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -190,6 +219,7 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
         log_dir = live.log_dir(output, cells[0].sweep, log_dir)
         live.check(list(log), log_dir)
     ray, ours = None, False  # ours: ray.init was called here (it may have been interrupted half-way)
+    sweep = cells[0].sweep
     try:
         if address is None:
             check_resources(cells, [local_node()], "this machine")
@@ -198,40 +228,57 @@ def run(cells: list[CellConfig], output: str, address: str | None = None, max_co
             ray = _connect(address)
             nodes = cluster_nodes(ray)
             check_resources(cells, nodes + autoscaler_node_types(), f"the cluster at {address}")
-        with RunLock(store, cells[0].sweep) as lock:
-            if ray is not None:
-                check_shared(ray, store, lock.path)
-            write_run(store, cells[0].sweep, cells)  # the total that `ls` and `report` on the running sweep compare with
-            todo = pending_cells(cells, store)
-            outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
-            print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
-            if not todo:
-                return outcome
+        clearway.folders(store, {layout.damaged_dir(store.root), layout.lock_file(store.root, sweep).rsplit("/", 1)[0]})
+        with RunLock(store, sweep) as lock:
+            lock.on_lost = interrupt.lost
+            store.guard = lock.fence  # the driver's own writes: none once the lease is lost (picklable, like the cells')
             try:
-                ensure_data((c.dataset for c in todo), fetch=True)
-                ours = True
-                ray = ray or _connect(None)
-                if interrupt.requested():  # a Ctrl-C that Ray's start-up swallowed
-                    raise KeyboardInterrupt
-                _fit(ray, todo, store, outcome, max_concurrent, max_failures, list(log), log_dir)
-            except KeyboardInterrupt:  # Ctrl-C (bnsweep.interrupt): Ray stops first, then the lock is released
-                outcome.interrupted = True
-                if ours:
-                    _shutdown()
-            return outcome
+                return _locked(cells, store, lock, ray, max_concurrent, max_failures, list(log), log_dir)
+            finally:
+                _shutdown()  # Ray stops first, then the lock is released
+                ours = False
+                if lock.lost is not None:
+                    raise lock.lost
     finally:
         if ours:
             _shutdown()
 
 
+def _locked(cells: list[CellConfig], store: Store, lock: RunLock, ray, max_concurrent: int | None, max_failures: int,
+            log: list[str], log_dir: str | None) -> Outcome:
+    """`run`, once the lease is held."""
+    sweep = cells[0].sweep
+    clearway.folders(store, clearway.of_run(store, sweep, cells))
+    if ray is not None:
+        check_shared(ray, store, lock.path)
+    write_run(store, sweep, cells)  # the total that `ls` and `report` on the running sweep compare with
+    todo = pending_cells(cells, store)
+    outcome = Outcome(total=len(todo), skipped=len(cells) - len(todo))
+    print(f"{len(cells)} cells: {outcome.skipped} already have results, {len(todo)} to run", flush=True)
+    if not todo:
+        return outcome
+    try:
+        ensure_data((c.dataset for c in todo), fetch=True)
+        ray = ray or _connect(None)
+        if interrupt.requested():  # a stop request that Ray's start-up swallowed
+            raise KeyboardInterrupt
+        _fit(ray, todo, store, outcome, max_concurrent, max_failures, log, log_dir, lock.fence)
+    except KeyboardInterrupt:  # a signal or a lost lease (bnsweep.interrupt)
+        outcome.interrupted = True
+    return outcome
+
+
 def _shutdown() -> None:
-    """Stop what ray.init started, also when it was interrupted half-way (no handle returned yet)."""
+    """Stop what ray.init started, also when it was interrupted half-way (no handle returned yet), and end what
+    Ray leaves behind (its agents outlived the driver by about a minute)."""
     if "ray" in sys.modules:
-        sys.modules["ray"].shutdown()
+        with interrupt.deferred(raise_after=False):
+            sys.modules["ray"].shutdown()
+    reap.leftovers()
 
 
 def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concurrent: int | None, max_failures: int,
-         log: list[str] = (), log_dir: str | None = None) -> None:
+         log: list[str], log_dir: str | None, fence: Fence) -> None:
     from ray import tune
 
     tune_dir = tempfile.mkdtemp(prefix="bnsweep-tune-")
@@ -242,7 +289,8 @@ def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concur
         runs = {r["cell_id"]: r for r in live.runs(todo)}
         tuner = tune.Tuner(
             trainable,
-            param_space={"output": store.uri, "cell": tune.grid_search([  # one trial per pack, one cell's resources
+            param_space={"output": store.uri, "fence": dataclasses.asdict(fence),
+                         "cell": tune.grid_search([  # one trial per pack, one cell's resources
                 {"id": p[0].cell_id + (f"+{len(p) - 1}" if len(p) > 1 else ""),
                  "json": [c.model_dump_json() for c in p], "runs": [runs[c.cell_id] for c in p],
                  "cpu": p[0].resources.cpu, "gpu": p[0].resources.gpu} for p in packs(todo)])},

@@ -1,0 +1,226 @@
+"""Faults around a running sweep, through real `python -m bnsweep run` processes: SIGTERM and SIGHUP, two drivers
+with one paused by SIGSTOP, a closed stdout, an output that turns read-only, files where folders belong.
+
+Outcomes only: exit statuses, the lock, the output's files, stderr without a traceback, and no process of the
+driver's Ray instance left once it exited. Every wait polls a condition under a generous hang guard; no
+elapsed time is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, tree_digest, write_spec
+from test_interrupt import Driver
+
+from bnsweep import reap
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def _spec(tmp_path: Path, name: str, steps: int, lrs: list[float], output: Path | None = None) -> Path:
+    return write_spec(tmp_path / f"{name}.yaml", {
+        "name": name, "output": str(output or tmp_path / "out"), "device": "cpu", "checkpoint_every": 500,
+        "dataset": {"name": "gaussian_regression", "samples": 64, "test_samples": 32},
+        "model": {"dln": {"depth": 4}},
+        "train": {"steps": steps, "batch_size": 64, "eval_every": 0},
+        "grid": {"arch": ["dln"], "norm": ["none"], "lr": lrs, "seed": [0]},
+    })
+
+
+def _sidecars(out: Path, name: str) -> list[dict]:
+    folder = out / "_checkpoints" / f"sweep={name}"
+    found = []
+    for p in folder.glob("*.json") if folder.exists() else []:
+        try:
+            found.append(json.loads(p.read_text()))
+        except (OSError, ValueError):  # being replaced right now
+            pass
+    return found
+
+
+def _cells(out: Path, name: str) -> list[Path]:
+    folder = out / "cells" / f"sweep={name}"
+    return sorted(folder.rglob("*.parquet")) if folder.exists() else []
+
+
+def _no_ray_left(pid: int, limit_s: float = 120) -> None:
+    """Poll until no process of the Ray instance that driver `pid` started is alive (hang guard `limit_s`)."""
+    end = time.monotonic() + limit_s
+    while (left := [p for p in reap.processes(pid) if reap._running(p)]) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not left, f"processes of the run outlived the driver: {[_cmd(p) for p in left]}"
+
+
+def _cmd(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+    except OSError:
+        return f"{pid} (gone)"
+
+
+def _clean(d: Driver) -> str:
+    err = "".join(d.err)
+    assert "Traceback" not in err, d.text()
+    return err
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
+def test_signal_mid_run_stops_cleanly_and_keeps_checkpoints(tmp_path, signum, status):
+    spec, out = _spec(tmp_path, "sig", steps=40_000, lrs=[1e-6, 2e-6]), tmp_path / "out"
+    d = Driver(spec)
+    d.wait_for("a checkpointed running cell", lambda: any(s.get("checkpointed") for s in _sidecars(out, "sig")))
+    os.kill(d.p.pid, signum)
+    assert d.finish() == status, d.text()
+    err = _clean(d)
+    assert "run the same command again" in err
+    assert not (out / "_locks" / "sig.json").exists(), "the run lock was left behind"
+    assert list((out / "_checkpoints" / "sweep=sig").glob("*.pt")), "the running cells' checkpoints are gone"
+    assert len(_cells(out, "sig")) < 2, "the sweep ran to the end despite the signal"
+    _no_ray_left(d.p.pid)
+
+
+@pytest.mark.parametrize("signum, status, after_s", [(signal.SIGTERM, 143, 0), (signal.SIGTERM, 143, 3),
+                                                     (signal.SIGHUP, 129, 1)], ids=["TERM-0s", "TERM-3s", "HUP-1s"])
+def test_signal_while_ray_starts(tmp_path, signum, status, after_s):
+    spec, out = _spec(tmp_path, "start", steps=40_000, lrs=[1e-6]), tmp_path / "out"
+    d = Driver(spec)
+    d.wait_for("the 'to run' line (printed just before Ray starts)", lambda: any("to run" in line for line in d.out))
+    time.sleep(after_s)  # a point of Ray's start, not a synchronisation
+    os.kill(d.p.pid, signum)
+    assert d.finish() == status, d.text()
+    _clean(d)
+    assert not (out / "_locks" / "start.json").exists(), "the run lock was left behind"
+    assert not _cells(out, "start"), "the sweep ran to the end despite the signal"
+    _no_ray_left(d.p.pid)
+
+
+def test_second_signal_exits_at_once_and_leaves_no_ray_process(tmp_path):
+    spec, out = _spec(tmp_path, "twice", steps=40_000, lrs=[1e-6]), tmp_path / "out"
+    d = Driver(spec)
+    d.wait_for("a running cell", lambda: bool(_sidecars(out, "twice")))
+    os.kill(d.p.pid, signal.SIGTERM)
+    d.wait_for("the first signal's message", lambda: any("again to exit at once" in line for line in d.err))
+    os.kill(d.p.pid, signal.SIGTERM)
+    assert d.finish() == 143, d.text()
+    _clean(d)
+    _no_ray_left(d.p.pid)
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["with-its-ray", "driver-alone"])
+def test_two_drivers_one_paused_past_the_stale_limit(tmp_path, monkeypatch, group):
+    """Driver A is paused past the stale limit, with its Ray processes (a suspended machine) or alone (its cells
+    go on and find the lease gone at their next write); B takes the lease over and runs the sweep; A, resumed,
+    notices before writing anything and stops with one line."""
+    stale_s = 10.0
+    monkeypatch.setenv("BNSWEEP_LOCK_STALE_S", str(stale_s))
+    spec, out = _spec(tmp_path, "two", steps=6_000, lrs=[1e-6, 2e-6]), tmp_path / "out"
+    lock = out / "_locks" / "two.json"
+    pause = os.killpg if group else os.kill  # A and its Ray processes are one session, one process group
+    a = Driver(spec)
+    try:
+        a.wait_for("A's running cells", lambda: len(_sidecars(out, "two")) == 2)
+        pause(a.p.pid, signal.SIGSTOP)
+
+        def stale() -> bool:
+            try:
+                return time.time() - json.loads(lock.read_text())["heartbeat"] > stale_s + 1
+            except (OSError, ValueError, KeyError):
+                return False
+
+        end = time.monotonic() + 120
+        while not stale():
+            assert time.monotonic() < end, "A's lease never went stale"
+            time.sleep(0.2)
+        b = Driver(spec)
+        assert b.finish(limit_s=900) == 0, b.text()
+        _clean(b)
+        assert any("0 already have results, 2 to run" in line for line in b.out), b.text()
+        assert len(_cells(out, "two")) == 2
+        before = tree_digest(out)
+    finally:
+        pause(a.p.pid, signal.SIGCONT)
+    assert a.finish(limit_s=300) == 3, a.text()
+    err = _clean(a)
+    assert "lost its lock" in err and err.count("error:") == 1, a.text()
+    assert tree_digest(out) == before, "the paused driver wrote into the output after it lost its lease"
+    _no_ray_left(a.p.pid)
+    _no_ray_left(b.p.pid)
+
+
+def test_closed_stdout_does_not_stop_the_sweep(tmp_path):
+    """`bnsweep run SPEC | head -1`: the reader of stdout goes away after one line."""
+    spec, out = _spec(tmp_path, "pipe", steps=300, lrs=[1e-6, 2e-6, 3e-6]), tmp_path / "out"
+    with open(tmp_path / "stderr.txt", "w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "bnsweep", "run", str(spec), "--max-concurrent", "1"], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+                             stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+        first = p.stdout.readline()
+        p.stdout.close()
+        try:
+            status = p.wait(600)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            pytest.fail("the run did not end within 600 s")
+    text = (tmp_path / "stderr.txt").read_text()
+    assert status == 0, f"{first}\n{text}"
+    assert "Traceback" not in text and "BrokenPipe" not in text, text
+    assert len(_cells(out, "pipe")) == 3, "cells were lost when stdout closed"
+    _no_ray_left(p.pid)
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A 64 MiB tmpfs at tmp_path/mnt (root only), unmounted after the test."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the read-only output case is not tested")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_output_turning_read_only_mid_run(tmp_path, small_mount):
+    out = small_mount / "out"
+    spec = _spec(tmp_path, "ro", steps=4_000, lrs=[1e-6, 2e-6, 3e-6], output=out)
+    d = Driver(spec, "--max-concurrent", "1")
+    d.wait_for("a checkpointed running cell", lambda: any(s.get("checkpointed") for s in _sidecars(out, "ro")))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    try:
+        status = d.finish(limit_s=900)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
+    err = _clean(d)
+    assert status == 1, d.text()  # cells failed: they could not be written
+    assert "final metrics over seeds" in "".join(d.out), "no summary"
+    assert "could not remove the run lock" in err, d.text()
+    _no_ray_left(d.p.pid)
+    again = Driver(spec)  # the next run takes the lock over and finishes the sweep
+    assert again.finish(limit_s=900) == 0, again.text()
+    assert len(_cells(out, "ro")) == 3
+
+
+def test_files_where_folders_belong_are_moved_aside(tmp_path):
+    spec, out = _spec(tmp_path, "fw", steps=200, lrs=[1e-6, 2e-6]), tmp_path / "out"
+    blockers = {"_damaged": b"a", "_runs": b"b", "_locks": b"c", "steps/sweep=fw/arch=dln": b"d",
+                "_checkpoints/sweep=fw": b"e"}
+    for rel, data in blockers.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    d = Driver(spec)
+    assert d.finish(limit_s=600) == 0, d.text()
+    _clean(d)
+    assert len(_cells(out, "fw")) == 2
+    assert [p.read_bytes() for p in out.glob("_damaged.*")] == [b"a"]
+    moved = {p.relative_to(out / "_damaged").as_posix().rsplit(".", 1)[0]: p.read_bytes()
+             for p in (out / "_damaged").rglob("*") if p.is_file()}
+    assert moved == {k: v for k, v in blockers.items() if k != "_damaged"}, moved
+    again = Driver(spec)  # and the next run is not blocked either
+    assert again.finish(limit_s=600) == 0, again.text()
