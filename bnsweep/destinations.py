@@ -1,4 +1,4 @@
-"""Checks on where a command writes (`report -o`, `query -o`), before anything is computed or written.
+"""Checks on where a command writes (a sweep's `output`, `report -o`, `query -o`), before anything is computed or written.
 
 A destination that cannot work (a folder where a file is, a file in a missing folder) is the
 user's mistake: one line, exit 2, instead of an OSError traceback halfway through.
@@ -6,9 +6,11 @@ user's mistake: one line, exit 2, instead of an OSError traceback halfway throug
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bnsweep.errors import UserError
+from bnsweep.limits import MAX_OUTPUT_PATH, REACH_TIMEOUT_S, short
 
 
 def folder(dest: str | Path) -> Path:
@@ -37,3 +39,59 @@ def file(dest: str | Path) -> Path:
             else f"-o {dest}: {parent} is not a folder"
         )
     return p
+
+
+_PROBE = """
+import sys
+import pyarrow.fs as pafs
+fs, root = pafs.FileSystem.from_uri(sys.argv[1])
+root = root.rstrip("/")
+if fs.get_file_info(root.split("/")[0]).type == pafs.FileType.NotFound:
+    sys.exit("its bucket does not exist")
+if fs.get_file_info(root).type == pafs.FileType.File:
+    sys.exit("it is a file, not a folder")
+"""
+
+
+def output(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Refuse an output `run` could not write into, before anything runs.
+
+    Local: not an existing file (`/dev/null` included), no file on the way, not under /proc, /sys or
+    /dev, its path within MAX_OUTPUT_PATH bytes, and a missing one creatable. Remote (s3://, gs://):
+    its bucket answers within `timeout_s`, asked by a child process that is killed after it, so
+    neither an unreachable endpoint nor a region lookup without network holds a command up.
+    """
+    if "://" in uri and not uri.lower().startswith("file://"):
+        _answers(uri, timeout_s)
+        return
+    path = Path(os.path.abspath(os.path.expanduser(uri[len("file://"):] if "://" in uri else uri)))
+    if len(os.fsencode(path)) > MAX_OUTPUT_PATH:
+        raise UserError(f"output {short(uri)}: its full path is {len(os.fsencode(path)):,} bytes; at most {MAX_OUTPUT_PATH:,}")
+    if path.resolve().parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        raise UserError(f"output {uri}: {path.resolve()} is on a system file system (/proc, /sys, /dev); give a folder for the tables")
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"output {uri}: exists and is not a folder; give a folder (it is created if missing)")
+        return
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"output {uri}: {parent} is a file, so the folder cannot be made")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"output {uri}: the folder cannot be made: {parent} is not writable")
+            return
+
+
+def _answers(uri: str, timeout_s: float) -> None:
+    """An object-store output's bucket exists and answers within `timeout_s`."""
+    import subprocess
+    import sys
+
+    try:
+        p = subprocess.run([sys.executable, "-c", _PROBE, uri], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"output {short(uri)}: no answer within {timeout_s:g} s (no network, or the endpoint is unreachable)") from None
+    if p.returncode:
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        why = lines[-1].removeprefix("OSError: ") if lines else f"exit status {p.returncode}"
+        raise UserError(f"output {short(uri)}: cannot use it: {' '.join(why.split())[:200]}")
