@@ -221,8 +221,10 @@ def _count(least: int, most: int = MAX_INT):
             raise argparse.ArgumentTypeError(f"{short(text)} is not an integer") from None
         if not exact.is_finite() or exact != exact.to_integral_value():
             raise argparse.ArgumentTypeError(f"{short(text)} is not an integer")
-        if not least <= exact <= most:
-            raise argparse.ArgumentTypeError(f"must be from {least} to {most:,} (got {short(text)})")
+        if exact < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least} (got {int(exact)})")
+        if exact > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,} (got {short(text)})")
         return int(exact)
 
     parse.__name__ = "integer"
@@ -377,15 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     if (bad := _not_utf8(argv)) is not None:
-        print(f"error: bnsweep: argument {short(bad)} holds bytes that are not UTF-8; give paths and SQL as UTF-8 text",
-              file=sys.stderr)
+        shown = bad if len(bad) <= 80 else bad[:80] + "..."
+        print(f"error: bnsweep: argument {shown} holds bytes that are not UTF-8; give paths and SQL as UTF-8 text", file=sys.stderr)
         return 2
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:  # a bad argument (its one line is printed) or --help: the status, also in-process
         return int(e.code or 0)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) shows here, not in the interpreter's last flush
+        return status
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

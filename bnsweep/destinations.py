@@ -12,10 +12,19 @@ from pathlib import Path
 from bnsweep.errors import UserError
 from bnsweep.limits import MAX_OUTPUT_PATH, REACH_TIMEOUT_S, short
 
+SYSTEM = ("proc", "sys", "dev")  # top-level folders of the kernel's file systems: nothing of ours goes there
+
+
+def _not_system(label: str, p: Path) -> None:
+    if Path(os.path.abspath(p)).resolve().parts[1:2] in [(name,) for name in SYSTEM]:
+        raise UserError(f"{label}: {Path(os.path.abspath(p)).resolve()} is on a system file system (/proc, /sys, /dev); "
+                        "give a folder of your own")
+
 
 def folder(dest: str | Path) -> Path:
     """A folder to write into: absent (made later) or a folder; every existing ancestor a folder."""
     p = Path(dest)
+    _not_system(f"-o {dest}", p)
     if p.exists() and not p.is_dir():
         raise UserError(f"-o {dest}: exists and is not a folder; give a folder (it is created if missing)")
     for parent in p.parents:
@@ -29,6 +38,7 @@ def folder(dest: str | Path) -> Path:
 def file(dest: str | Path) -> Path:
     """A file to write: its folder exists, and it is not itself a folder."""
     p = Path(dest)
+    _not_system(f"-o {dest}", p)
     if p.is_dir():
         raise UserError(f"-o {dest}: is a folder; give a file name")
     parent = p.parent
@@ -67,8 +77,7 @@ def output(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     path = Path(os.path.abspath(os.path.expanduser(uri[len("file://"):] if "://" in uri else uri)))
     if len(os.fsencode(path)) > MAX_OUTPUT_PATH:
         raise UserError(f"output {short(uri)}: its full path is {len(os.fsencode(path)):,} bytes; at most {MAX_OUTPUT_PATH:,}")
-    if path.resolve().parts[1:2] in (("proc",), ("sys",), ("dev",)):
-        raise UserError(f"output {uri}: {path.resolve()} is on a system file system (/proc, /sys, /dev); give a folder for the tables")
+    _not_system(f"output {uri}", path)
     if path.exists():
         if not path.is_dir():
             raise UserError(f"output {uri}: exists and is not a folder; give a folder (it is created if missing)")

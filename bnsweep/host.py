@@ -24,15 +24,15 @@ def check_local_ray() -> None:
     """Refuse, in one line, a machine an embedded Ray cannot start on."""
     tmp = ray_temp_dir()
     where = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "TMPDIR"
-    if len(os.fsencode(tmp + RAY_SOCKET_SUFFIX)) > SOCKET_PATH_MAX:
-        room = SOCKET_PATH_MAX - len(RAY_SOCKET_SUFFIX)
-        raise UserError(f"{where} {tmp}: {len(os.fsencode(tmp))} bytes; Ray's sockets under it would pass the "
-                        f"{SOCKET_PATH_MAX}-byte limit of socket paths: use a folder of at most {room} bytes (e.g. TMPDIR=/tmp)")
     if not os.path.isdir(tmp) or not os.access(tmp, os.W_OK | os.X_OK):
         raise UserError(f"{where} {tmp}: not a writable folder; Ray keeps its session there")
     if (free := shutil.disk_usage(tmp).free) < MIN_TMP_FREE:
         raise UserError(f"{where} {tmp}: {free / 2**20:.0f} MiB free; Ray needs at least {MIN_TMP_FREE // 2**20} MiB "
                         "there to start (free some, or point TMPDIR elsewhere)")
+    if len(os.fsencode(tmp + RAY_SOCKET_SUFFIX)) > SOCKET_PATH_MAX:
+        room = SOCKET_PATH_MAX - len(RAY_SOCKET_SUFFIX)
+        raise UserError(f"{where} {tmp}: {len(os.fsencode(tmp))} bytes; Ray's sockets under it would pass the "
+                        f"{SOCKET_PATH_MAX}-byte limit of socket paths: use a folder of at most {room} bytes (e.g. TMPDIR=/tmp)")
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
         raise UserError(f"ulimit -v {soft // 1024}: {soft / 2**30:.1f} GiB of virtual memory; Ray needs at least "

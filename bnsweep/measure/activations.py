@@ -34,7 +34,7 @@ class ActivationsOptions(Schedule):
 
     @field_validator("layers")
     @classmethod
-    def _once_each(cls, v: list[int]) -> list[int]:
+    def _layers_once(cls, v: list[int]) -> list[int]:
         return unique("layers", v)  # a layer listed twice would store its rows twice
 
 

@@ -30,7 +30,7 @@ class Schedule(Options):
 
     @field_validator("steps")
     @classmethod
-    def _once_each(cls, v: list[int] | None) -> list[int] | None:
+    def _steps_once(cls, v: list[int] | None) -> list[int] | None:
         return v if v is None else unique("steps", v)
 
     @model_validator(mode="after")
