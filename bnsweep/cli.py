@@ -235,7 +235,12 @@ def _path(text: str) -> str:
     """An argparse type for a path: `~` expanded here, so what is read and what is written are the same place."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
-    return os.path.expanduser(text)
+    path = os.path.expanduser(text)
+    if (long := max((len(os.fsencode(part)) for part in path.split("/")), default=0)) > 255:
+        raise argparse.ArgumentTypeError(f"{short(text)} has a name of {long} bytes; file systems hold 255")
+    if len(os.fsencode(os.path.abspath(path))) >= 4096:
+        raise argparse.ArgumentTypeError(f"{short(text)} is longer than the 4,095 bytes a path may have")
+    return path
 
 
 def _address(text: str) -> str:

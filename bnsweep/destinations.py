@@ -54,6 +54,7 @@ def file(dest: str | Path) -> Path:
 _PROBE = """
 import sys
 import pyarrow.fs as pafs
+print("imported", flush=True)  # the clock starts here: a slow import on a busy machine is no unreachable endpoint
 fs, root = pafs.FileSystem.from_uri(sys.argv[1])
 root = root.rstrip("/")
 if fs.get_file_info(root.split("/")[0]).type == pafs.FileType.NotFound:
@@ -61,6 +62,7 @@ if fs.get_file_info(root.split("/")[0]).type == pafs.FileType.NotFound:
 if fs.get_file_info(root).type == pafs.FileType.File:
     sys.exit("it is a file, not a folder")
 """
+IMPORT_TIMEOUT_S = 120.0  # the probe's own start (Python and pyarrow), not counted in the endpoint's timeout
 
 
 def output(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
@@ -92,15 +94,23 @@ def output(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
 
 
 def _answers(uri: str, timeout_s: float) -> None:
-    """An object-store output's bucket exists and answers within `timeout_s`."""
+    """An object-store output's bucket exists and answers within `timeout_s` of the probe's start."""
+    import select
     import subprocess
     import sys
 
+    p = subprocess.Popen([sys.executable, "-c", _PROBE, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        p = subprocess.run([sys.executable, "-c", _PROBE, uri], capture_output=True, text=True, timeout=timeout_s)
+        if select.select([p.stdout], [], [], IMPORT_TIMEOUT_S)[0]:
+            p.stdout.readline()
+        err = p.communicate(timeout=timeout_s)[1]
     except subprocess.TimeoutExpired:
         raise UserError(f"output {short(uri)}: no answer within {timeout_s:g} s (no network, or the endpoint is unreachable)") from None
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     if p.returncode:
-        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        lines = [line for line in err.splitlines() if line.strip()]
         why = lines[-1].removeprefix("OSError: ") if lines else f"exit status {p.returncode}"
         raise UserError(f"output {short(uri)}: cannot use it: {' '.join(why.split())[:200]}")

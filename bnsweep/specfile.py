@@ -109,9 +109,9 @@ def expanded_size(root: yaml.Node) -> int:
 def read_yaml(path: str | Path, kind: str = "a sweep spec is a YAML mapping with keys name, output, dataset, grid, ...") -> dict:
     """The YAML mapping in `path`, or a one-line UserError; `kind` says what the mapping should be."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such spec file" if not p.exists() else f"{path}: not a file")
     try:
+        if not p.is_file():
+            raise UserError(f"{path}: no such file" if not p.exists() else f"{path}: not a file")
         if p.stat().st_size > MAX_SPEC_BYTES:
             raise UserError(f"{path}: {p.stat().st_size:,} bytes; a sweep file may be at most {MAX_SPEC_BYTES:,} bytes")
         text = p.read_text()

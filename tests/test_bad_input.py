@@ -1,11 +1,13 @@
 """Every kind of bad input: exit 2, one line naming the field and what is allowed, nothing written."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY_DLN, tiny_spec, tree_digest, write_spec
+from test_s3 import s3_uri  # noqa: F401 (a fixture: an S3 server on loopback)
 
 from bnsweep.cli import main
 from bnsweep.errors import UserError
@@ -113,7 +115,7 @@ def test_resources_no_node_has(tmp_path, capsys):
 
 def test_missing_and_unreadable_files(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
-    assert "nope.yaml: no such spec file" in capsys.readouterr().err
+    assert "nope.yaml: no such file" in capsys.readouterr().err
     assert main(["validate", str(tmp_path)]) == 2
     assert "not a file" in capsys.readouterr().err
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
@@ -420,3 +422,33 @@ def test_report_onto_a_full_disk_is_one_line(small_tmpfs, tables, tmp_path, monk
     status = main(["report", str(tables), "-o", str(small_tmpfs / "rep")])
     err = capsys.readouterr().err
     assert status == 74 and err.count("\n") == 1 and "No space left on device" in err, err
+
+
+def test_remote_outputs_are_checked_before_anything_runs(s3_uri, tmp_path, capsys):  # noqa: F811
+    """An s3:// output on moto: a bucket that exists validates and plans; a missing bucket and an endpoint
+    nobody listens on are refused in one line, with nothing written."""
+    good = write_spec(tmp_path / "good.yaml", tiny_spec(s3_uri.replace("/runs", "/checked"), grids=with_grid(seed=[0])))
+    assert main(["validate", str(good)]) == 0 and main(["plan", str(good)]) == 0
+    capsys.readouterr()
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    for uri, expected in ((s3_uri.replace("s3://bnsweep/", "s3://no-such-bucket/"), "its bucket does not exist"),
+                          (s3_uri.split("?")[0] + f"?endpoint_override=127.0.0.1:{closed}&scheme=http", "")):
+        spec = write_spec(tmp_path / "bad.yaml", tiny_spec(uri, grids=with_grid(seed=[0])))
+        for command in ("validate", "plan", "run"):
+            assert main([command, str(spec)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and expected in err and ("cannot use it" in err or "no answer within" in err), err
+
+
+def test_an_endpoint_that_never_answers_is_given_up_on(tmp_path):
+    """A listener that accepts connections and never answers (a black-holed proxy): refused after the timeout."""
+    from bnsweep import destinations
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)  # the kernel completes the handshakes; nobody reads or answers
+        uri = f"s3://bucket/runs?endpoint_override=127.0.0.1:{s.getsockname()[1]}&scheme=http"
+        with pytest.raises(UserError, match=r"no answer within 2 s"):
+            destinations.output(uri, timeout_s=2)
