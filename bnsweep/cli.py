@@ -378,6 +378,11 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
+def _printable(text: str) -> str:
+    """`text` with every character that is not printable escaped: a path holding a newline stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     for stream in (sys.stdout, sys.stderr):  # a path with odd bytes is printed escaped, never a UnicodeEncodeError
@@ -396,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe (`| head`) shows here, not in the interpreter's last flush
         return status
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -427,5 +432,5 @@ def _unexpected(argv: list[str], args, status: int) -> int:
         traceback.print_exc()
     where = f"the traceback is in {log}" if log else "the traceback is above"
     kind = "cannot go on" if status == 74 else "unexpected error (a bug; please report it)"
-    print(f"error: {kind}: {what}; {where} (--debug prints it)", file=sys.stderr)
+    print(_printable(f"error: {kind}: {what}; {where} (--debug prints it)"), file=sys.stderr)
     return status

@@ -73,6 +73,12 @@ PATHS = [
     ("measure", "ics", "layers"),
     ("measure", "ics", "every"),
     ("measure", "curvature", "steps"),
+    ("measure", "ics", "log", "points"),
+    ("measure", "ics", "steps"),
+    ("measure", "landscape", "every"),
+    ("measure", "landscape", "eta", "points"),
+    ("measure", "landscape", "eta", "to"),
+    ("measure", "activations", "layers"),
     ("grid",),
     ("grid", 0),
     ("grid", 0, "arch"),
@@ -83,6 +89,7 @@ PATHS = [
     ("grid", 0, "seed", 1),
     ("grid", 0, "overrides"),
     ("grid", 0, "overrides", "train", "batch_size"),
+    ("grid", 0, "overrides", "dataset"),
     ("grid", 1, "overrides", "dataset", "test_fraction"),
     ("grid", 1, "lr"),
     ("grid", 1, "arch", 0),
@@ -101,7 +108,8 @@ scalars = st.one_of(
 )
 hostile_numbers = st.one_of(  # the values that once validated and then failed in a run
     st.sampled_from(
-        [math.inf, -math.inf, math.nan, True, False, "0.1", "1", 2**70, 10**12, 10**16, 65, 2000, 300 * "a"]
+        [math.inf, -math.inf, math.nan, True, False, "0.1", "1", 2**70, 10**12, 10**16, 65, 2000, 300 * "a",
+         1e-6, 0.00015, [2, 2, 2], "mock:///x", "foo://x", "/dev/null", "1:30"]
     ),
     st.lists(st.sampled_from([math.inf, math.nan, True, "0.1", 2**70, 0.1, 1]), min_size=1, max_size=3),
 )
