@@ -12,7 +12,7 @@ from bnsweep.errors import UserError
 SOCKET_PATH_MAX = 107  # bytes of an AF_UNIX path on Linux (108 with the NUL); Ray checks the same
 RAY_SOCKET_SUFFIX = "/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"  # the longest Ray makes
 MIN_TMP_FREE = 64 * 2**20  # bytes: Ray's session folder (logs, sockets, spilled metadata) at start
-MIN_ADDRESS_SPACE = 8 * 2**30  # bytes of virtual memory (ulimit -v): Ray's raylet and GCS map about this many at start
+MIN_ADDRESS_SPACE = 2 * 2**30  # bytes (ulimit -v): Ray 2.60.0 started under 2 GiB, died in C++ under 1 GiB
 
 
 def ray_temp_dir() -> str:

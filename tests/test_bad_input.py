@@ -387,10 +387,10 @@ def test_too_little_virtual_memory_for_ray_is_refused(tmp_path, monkeypatch, cap
 
     from bnsweep import host
 
-    monkeypatch.setattr(host.resource, "getrlimit", lambda which: (2 * 2**30, resource.RLIM_INFINITY))
+    monkeypatch.setattr(host.resource, "getrlimit", lambda which: (2**30, resource.RLIM_INFINITY))
     assert main(["run", str(_tiny(tmp_path))]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "ulimit -v 2097152" in err and not (tmp_path / "out").exists()
+    assert err.count("\n") == 1 and "ulimit -v 1048576" in err and not (tmp_path / "out").exists()
 
 
 @pytest.fixture
