@@ -452,3 +452,14 @@ def test_an_endpoint_that_never_answers_is_given_up_on(tmp_path):
         uri = f"s3://bucket/runs?endpoint_override=127.0.0.1:{s.getsockname()[1]}&scheme=http"
         with pytest.raises(UserError, match=r"no answer within 2 s"):
             destinations.output(uri, timeout_s=2)
+
+
+@pytest.mark.slow
+def test_report_where_report_html_is_a_folder_is_one_line(tables, tmp_path, monkeypatch, capsys):
+    """The tables are written first; then report.html cannot be: one line naming it, exit 74, no traceback."""
+    (tmp_path / "rep" / "syn" / "report.html").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["report", str(tables), "-o", str(tmp_path / "rep")]) == 74
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"Is a directory: {tmp_path / 'rep' / 'syn' / 'report.html'}" in err, err
+    assert "Traceback" in next((tmp_path / "cache" / "bnsweep").glob("error-*.log")).read_text()
