@@ -19,6 +19,8 @@ import json
 
 import polars as pl
 
+from bnsweep.records import warn
+
 GROUP = ["arch", "norm", "lr", "setting"]
 IGNORED = {
     "sweep",
@@ -57,7 +59,13 @@ def flat(d: dict, prefix: str = "") -> dict[str, str]:
 
 def _settings(row: dict) -> dict[str, str]:
     if row.get("config_json"):
-        return flat(json.loads(row["config_json"]))
+        try:
+            config = json.loads(row["config_json"])
+        except ValueError:
+            config = None
+        if isinstance(config, dict):
+            return flat(config)
+        warn(f"cell {row.get('cell_id')}: its config_json is not a JSON object; its settings are read from the cells columns")
     return {path: json.dumps(row.get(col)) for col, path in COLUMNS.items()}
 
 

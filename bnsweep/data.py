@@ -15,9 +15,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bnsweep.errors import UserError
+from bnsweep.limits import MAX_DATA_ELEMENTS
 from bnsweep.options import Options
 
 DIGITS_IMAGES = 1797  # scikit-learn's load_digits()
@@ -184,6 +185,13 @@ class GaussianRegressionSpec(Options):
     half: bool = Field(False, description="Multiply the squared error by 1/2, as TensorFlow's l2_loss does (unstated in the paper).")
 
     late_fields: ClassVar[Mapping[str, Any]] = {"a_std": 1.0, "x_std": 1.0, "reduction": "sum", "half": False}
+
+    @model_validator(mode="after")
+    def _fits_one_device(self) -> GaussianRegressionSpec:
+        """A (dim x dim) and every sample (train and test) are drawn at once: bound them before a worker allocates."""
+        if (values := self.dim * (self.dim + self.samples + self.test_samples)) > MAX_DATA_ELEMENTS:
+            raise ValueError(f"dim x (dim + samples + test_samples) = {values:,} values; at most {MAX_DATA_ELEMENTS:,} fit one device")
+        return self
 
 
 class GaussianRegression:

@@ -25,6 +25,14 @@ MAX_YAML_DEPTH = 100  # nesting of collections; a spec needs about 6
 MAX_CELLS = 100_000  # default for --max-cells: the product of the axis lengths, summed over grids
 MAX_ERROR_VALUE = 80  # characters of a bad value quoted in an error message
 
+MAX_PROBE_POINTS = 1_000  # landscape.eta.points: each is a forward and a backward pass per probed step
+MAX_ETA = 1e6  # landscape.eta.from / to, as multiples of lr or absolute: beyond, every probe is inf
+MAX_EVAL_BATCH = 10**6  # train.eval_batch_size: samples per evaluation forward pass
+MIN_CPU = 0.0001  # resources.cpu and .gpu: Ray counts resources in units of 1/10,000 (MIN_RESOURCE_GRANULARITY)
+MAX_OUTPUT_PATH = 3_000  # bytes of an output path: PATH_MAX is 4,096, and the layout adds up to ~700 below it
+OUTPUT_SCHEMES = ("s3", "gs", "file")  # pyarrow file systems a result may go to; plain paths are local
+REACH_TIMEOUT_S = 8.0  # validate/plan/run wait this long for a remote output (s3://, gs://) to answer
+
 
 def short(value: object, limit: int = MAX_ERROR_VALUE) -> str:
     """repr(value), cut to `limit` characters with a note of how long it was: errors never echo huge input."""

@@ -305,6 +305,10 @@ def check(names: list[str], folder: str) -> None:
         except ImportError:
             raise UserError(f"--log {name}: the {LOGGERS[name].package} package is not installed "
                             "(pip install 'bnsweep[live]')") from None
+        except Exception as e:  # a broken install fails its import with anything (AttributeError, a version clash)
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise UserError(f"--log {name}: the {LOGGERS[name].package} package is installed but cannot be imported "
+                            f"({why}); reinstall it (pip install 'bnsweep[live]')") from None
         if LOGGERS[name].ready is not None:
             LOGGERS[name].ready()
     for name in names:

@@ -67,6 +67,7 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
     """`batch`: BatchNorm (Ioffe and Szegedy 2015) with affine gamma, beta; batch statistics in training."""
 
     Options: ClassVar[type[Options]] = BatchOptions
+    min_batch: ClassVar[int] = 2  # batch statistics of one sample: PyTorch refuses them on (N, C) input
 
     def __init__(self, num_features: int, options: BatchOptions = BatchOptions(), generator: torch.Generator | None = None):
         super().__init__(num_features, eps=options.eps, momentum=options.momentum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -32,3 +33,12 @@ class Options(BaseModel):
 
 class NoOptions(Options):
     """This variant takes no options."""
+
+
+def unique(kind: str, values: list) -> list:
+    """`values`, refused (ValueError) when one appears twice; linear in their number (Counter, not list.count)."""
+    from bnsweep.limits import short
+
+    if dupes := sorted((v for v, n in Counter(values).items() if n > 1), key=str):
+        raise ValueError(f"duplicate {kind} values {short(dupes)}; each value may appear once")
+    return values

@@ -20,7 +20,7 @@ import socket
 import pyarrow.fs as pafs
 
 from bnsweep import layout
-from bnsweep.records import Store
+from bnsweep.records import Store, warn
 
 
 def write_progress(store: Store, cell, step: int, checkpointed: bool) -> None:
@@ -43,8 +43,10 @@ def progress(store: Store, sweep: str | None = None) -> list[dict]:
     for info in store.fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
         if info.type == pafs.FileType.File and info.base_name.endswith(".json") and not info.base_name.startswith("."):
             rec = store.get_record(info.path)  # a torn or foreign file: no progress, not a crash
-            if rec and {"cell_id", "sweep", "arch", "norm", "lr", "seed", "step", "steps"} <= rec.keys():
+            if _typed(rec, SIDECAR):
                 found.append(rec)
+            else:
+                warn(f"{info.path}: not a progress record of this layout (torn, or fields of the wrong type); ignored")
     return sorted(found, key=lambda r: (r["sweep"], r["arch"], r["norm"], r["lr"], r["seed"]))
 
 
@@ -57,5 +59,25 @@ def write_run(store: Store, sweep: str, cells: list) -> None:
 
 
 def read_run(store: Store, sweep: str) -> dict | None:
-    """The run file of `sweep`, or None (a sweep run before run files existed, or never run)."""
-    return store.get_record(layout.run_file(store.root, sweep))
+    """The run file of `sweep`, or None (a sweep run before run files existed, never run, or a torn or foreign file)."""
+    path = layout.run_file(store.root, sweep)
+    rec = store.get_record(path)
+    if rec is None and store.get(path) is None:
+        return None
+    cells = rec.get("cells") if rec else None
+    if not (_typed(rec, {"sweep": str, "total": int}) and isinstance(cells, list) and all(_typed(c, RUN_CELL) for c in cells)):
+        warn(f"{path}: not a run file of this layout (torn, or fields of the wrong type); ignored")
+        return None
+    return rec
+
+
+KEYS = {"cell_id": str, "sweep": str, "arch": str, "norm": str, "lr": (int, float), "seed": int}
+SIDECAR = {**KEYS, "step": int, "steps": int}  # what readers use of a progress record, with its type
+RUN_CELL = {**KEYS, "steps": int}
+
+
+def _typed(rec, fields: dict) -> bool:
+    """`rec` is a mapping holding every one of `fields` with its type (a bool is no number)."""
+    return isinstance(rec, dict) and all(
+        isinstance(rec.get(k), t) and not isinstance(rec.get(k), bool) for k, t in fields.items()
+    )

@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import json
 import math
-from collections import Counter
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union
 
@@ -20,11 +19,23 @@ from pydantic import Field, PositiveFloat, SerializeAsAny, ValidationError, crea
 
 from bnsweep.data import DATASETS, DatasetInfo
 from bnsweep.errors import UserError, register_model, unknown, validation_error
-from bnsweep.limits import MAX_CELLS, MAX_DATA_ELEMENTS, MAX_NAME, MAX_PARAMETERS, MAX_SEED, MAX_STEPS, short
+from bnsweep.limits import (
+    MAX_CELLS,
+    MAX_DATA_ELEMENTS,
+    MAX_EVAL_BATCH,
+    MAX_NAME,
+    MAX_OUTPUT_PATH,
+    MAX_PARAMETERS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_CPU,
+    OUTPUT_SCHEMES,
+    short,
+)
 from bnsweep.measure import MeasureSpec, layered
 from bnsweep.models import MODEL_FAMILIES, MODELS, model_size
 from bnsweep.norms import NORMS
-from bnsweep.options import Options
+from bnsweep.options import Options, unique
 from bnsweep.performance import Performance
 
 # Bump when training semantics change, so old results get new cell ids instead of mixing.
@@ -65,6 +76,7 @@ class TrainSpec(Options):
     eval_every: int = Field(
         1000,
         ge=0,
+        le=MAX_STEPS,
         description="Steps between full train/test evaluations (about every 1k in Fig. 1 [P]); 0 = only at the start and the end.",
     )
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum; 0 in the paper [I].")
@@ -73,17 +85,21 @@ class TrainSpec(Options):
     divergence_factor: float = Field(
         1000.0, gt=1, description="A cell is 'diverged' once its training loss is NaN/inf or above this multiple of its step-0 loss."
     )
-    eval_batch_size: int = Field(1000, gt=0, description="Samples per forward pass during evaluation (memory only).")
+    eval_batch_size: int = Field(1000, gt=0, le=MAX_EVAL_BATCH, description="Samples per forward pass during evaluation (memory only).")
 
 
 class Resources(Options):
-    cpu: float = Field(1.0, gt=0, description="CPUs per cell (Ray resource); torch uses this many threads.")
+    cpu: float = Field(1.0, ge=MIN_CPU, description="CPUs per cell (Ray resource); torch uses this many threads.")
     gpu: float = Field(0.0, ge=0, description="GPUs per cell (Ray resource); fractions below 1 share a GPU.")
 
-    @field_validator("gpu")
+    @field_validator("cpu", "gpu")
     @classmethod
-    def _whole_above_one(cls, v: float) -> float:
-        if v > 1 and v != int(v):
+    def _ray_units(cls, v: float, info) -> float:
+        """Ray counts resources in units of MIN_CPU and silently truncates the rest: refuse what it would change."""
+        units = v / MIN_CPU
+        if v and (units < 1 or abs(units - round(units)) > 1e-6 * max(1.0, units)):
+            raise ValueError(f"Ray counts {info.field_name} in steps of {MIN_CPU:g}; give a multiple of {MIN_CPU:g} (got {v:g})")
+        if info.field_name == "gpu" and v > 1 and v != int(v):
             raise ValueError(f"above 1 must be a whole number of GPUs (got {v:g})")
         return v
 
@@ -121,6 +137,7 @@ class Settings(Options):
     checkpoint_every: int = Field(
         1000,
         ge=0,
+        le=MAX_STEPS,
         description=("Steps between checkpoints of a running cell in the output store; a retried or re-run cell resumes "
                      "from its last one. 0 = never. Results do not depend on it."),
     )
@@ -129,13 +146,6 @@ class Settings(Options):
         description="How a cell runs on a GPU: precision (TF32 or not), cuDNN autotuning, memory layout, determinism.",
     )
     execution: Execution = Field(default_factory=Execution, description="How cells run (packing); results do not depend on it.")
-
-
-def _unique(kind: str, values: list) -> list:
-    dupes = sorted((v for v, n in Counter(values).items() if n > 1), key=str)  # linear: Counter, not list.count
-    if dupes:
-        raise ValueError(f"duplicate {kind} values {short(dupes)}; each value may appear once")
-    return values
 
 
 class Grid(Options):
@@ -159,7 +169,7 @@ class Grid(Options):
         for a in v:
             if a not in MODELS:
                 raise ValueError(str(unknown("arch", a, list(MODELS))))
-        return _unique("arch", v)
+        return unique("arch", v)
 
     @field_validator("norm")
     @classmethod
@@ -167,12 +177,12 @@ class Grid(Options):
         for n in v:
             if n not in NORMS:
                 raise ValueError(str(unknown("norm", n, list(NORMS))))
-        return _unique("norm", v)
+        return unique("norm", v)
 
     @field_validator("lr", "seed")
     @classmethod
     def _no_dupes(cls, v: list, info) -> list:
-        return _unique(info.field_name, v)
+        return unique(info.field_name, v)
 
 
 @register_model
@@ -195,18 +205,25 @@ class SweepSpec(Settings):
     @field_validator("output")
     @classmethod
     def _a_place(cls, v: str) -> str:
+        """The output's text only (the file system is looked at by `destinations.output`)."""
         if not v.strip():
             raise ValueError("must name a folder (got an empty string): it would write into the current directory")
         if not v.isprintable():
             raise ValueError(f"must be a printable path, without control characters or NUL (got {short(v)})")
-        if any(len(part.encode()) > 255 for part in v.split("/")):
+        if "://" in v and (scheme := v.split("://", 1)[0].lower()) not in OUTPUT_SCHEMES:
+            raise ValueError(f"unknown scheme {short(scheme + '://')}; a folder path, or one of "
+                             f"{', '.join(s + '://' for s in OUTPUT_SCHEMES)}")
+        if any(len(part.encode()) > 255 for part in v.split("?", 1)[0].split("/")):
             raise ValueError(f"has a folder name longer than 255 bytes, which file systems refuse (got {short(v)})")
+        if len(v.encode()) > MAX_OUTPUT_PATH:
+            raise ValueError(f"is {len(v.encode()):,} bytes long; at most {MAX_OUTPUT_PATH:,} (the tables' files go "
+                             f"below it, and paths hold 4,096) (got {short(v)})")
         return v
 
     @model_validator(mode="after")
     def _has_dataset(self) -> SweepSpec:
         for i, g in enumerate(self.grid):
-            if self.dataset is None and "dataset" not in g.overrides:
+            if self.dataset is None and g.overrides.get("dataset") is None:
                 raise ValueError(
                     f"no dataset for grid[{i}]: set `dataset:` at the top level or in grid[{i}].overrides; known: {', '.join(DATASETS)}"
                 )
@@ -288,9 +305,12 @@ def block_settings(spec: SweepSpec, i: int) -> Settings:
     """The settings of grid block `i`: its overrides merged over the spec's top level."""
     top = spec.model_dump(include=set(Settings.model_fields), exclude_unset=True, mode="json")
     try:
-        return Settings.model_validate(_merge(top, spec.grid[i].overrides))
+        s = Settings.model_validate(_merge(top, spec.grid[i].overrides))
     except ValidationError as e:
         raise validation_error(e, ("grid", i, "overrides")) from None
+    if s.dataset is None:  # `overrides: {dataset: null}` over a top-level dataset
+        raise UserError(f"grid[{i}].overrides.dataset: null leaves the block without data; name one of {', '.join(DATASETS)}")
+    return s
 
 
 def count_cells(spec: SweepSpec) -> int:
@@ -332,6 +352,12 @@ def _check_block(where: str, g: Grid, s: Settings) -> DatasetInfo:
                 f"{where}: train.batch_size: {batch} is larger than the training set of dataset "
                 f"{s.dataset.name!r} ({info.train_size} samples); at most {info.train_size}"
             )
+    for norm in g.norm:
+        least = getattr(NORMS[norm], "min_batch", 1)
+        for arch in g.arch:
+            if (batch := trained(s, arch, info).batch_size) < least:
+                raise UserError(f"{where}: train.batch_size: {batch} is too small for norm {norm!r}, which normalises "
+                                f"over the batch; at least {least}")
     if (values := math.prod(info.input_shape) * info.train_size) > MAX_DATA_ELEMENTS:
         raise UserError(f"{where}: dataset {s.dataset.name!r}: {values:,} training values; at most {MAX_DATA_ELEMENTS:,} fit one device")
     if s.device == "cuda" and s.resources.gpu == 0:

@@ -21,12 +21,22 @@ from bnsweep.spec import CellConfig, SweepSpec, check_count, expand, iter_cells
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-6 as a float (YAML 1.1 wants 1.0e-6), rejects duplicate and
-    non-scalar keys, and integers no int64 column can hold."""
+    """SafeLoader reading plain scalars as YAML 1.2's core schema, not YAML 1.1's.
+
+    YAML 1.1 reads `010` as 8 (octal), `1:30` as 90 (base 60), `yes`/`no`/`on`/`off` as booleans and
+    `2024-01-01` as a date, which silently changes seeds and names; YAML 1.2 reads `010` as 10 and the
+    rest as strings (`0o10` is octal there). Also: 1e-6 is a float (YAML 1.1 wants 1.0e-6), `_` may
+    group digits, merge keys (`<<`) work, and duplicate or non-scalar keys and integers no int64
+    column can hold are refused.
+    """
+
+    yaml_implicit_resolvers: dict = {}  # filled below with the core schema only
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: merged keys may be overridden
+                continue
             if not isinstance(key_node, yaml.ScalarNode):
                 line = key_node.start_mark.line + 1
                 raise UserError(f"line {line}: a mapping key must be a plain value, not a {key_node.id}")
@@ -37,7 +47,10 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
     def construct_yaml_int(self, node):
-        value = super().construct_yaml_int(node)
+        text = self.construct_scalar(node).replace("_", "")
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
+        value = sign * int(digits[2:] if base != 10 else digits, base)
         if abs(value) > MAX_INT:
             raise UserError(f"line {node.start_mark.line + 1}: integer {short(value)} out of range; "
                             "integers are at most 2**63 - 1")
@@ -45,6 +58,16 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+for _tag, _pattern, _first in (  # YAML 1.2 core schema (yaml.org/spec/1.2.2/#1032-tag-resolution), plus `_` in numbers
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9][0-9_]*|0o[0-7][0-7_]*|0x[0-9a-fA-F][0-9a-fA-F_]*)$", list("-+0123456789")),
+    ("tag:yaml.org,2002:float",  # a digit, and a dot or an exponent: 1e-6, 1.0e-6, .5, 2.; not "." nor "10"
+     r"^[-+]?(?:\d[\d_]*\.[\d_]*(?:[eE][-+]?\d+)?|\d[\d_]*[eE][-+]?\d+|\.\d[\d_]*(?:[eE][-+]?\d+)?)$"
+     r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$", list("-+0123456789.")),
+    ("tag:yaml.org,2002:merge", r"^<<$", ["<"]),
+):
+    _Loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
 
 
 def expanded_size(root: yaml.Node) -> int:
@@ -83,19 +106,12 @@ def expanded_size(root: yaml.Node) -> int:
     return size[id(root)]
 
 
-_Loader.add_implicit_resolver(  # a digit, and a dot or an exponent: 1e-6, 1.0e-6, .5, 2.; not "." nor "10"
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*\.\d*(?:[eE][-+]?\d+)?|\d[\d_]*[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?)$"
-               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, kind: str = "a sweep spec is a YAML mapping with keys name, output, dataset, grid, ...") -> dict:
+    """The YAML mapping in `path`, or a one-line UserError; `kind` says what the mapping should be."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such spec file" if not p.exists() else f"{path}: not a file")
     try:
+        if not p.is_file():
+            raise UserError(f"{path}: no such file" if not p.exists() else f"{path}: not a file")
         if p.stat().st_size > MAX_SPEC_BYTES:
             raise UserError(f"{path}: {p.stat().st_size:,} bytes; a sweep file may be at most {MAX_SPEC_BYTES:,} bytes")
         text = p.read_text()
@@ -115,7 +131,7 @@ def read_yaml(path: str | Path) -> dict:
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a sweep spec is a YAML mapping with keys name, output, dataset, grid, ...; got {type(raw).__name__}")
+        raise UserError(f"{path}: {kind}; got {'an empty file' if raw is None else type(raw).__name__}")
     return raw
 
 
@@ -127,18 +143,28 @@ def _parse(text: str):
         if node is None:
             return None
         expanded_size(node)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, TypeError, OverflowError) as e:  # an explicit tag on a value it does not fit: `!!int abc`
+            raise UserError(f"a value does not fit its tag: {short(' '.join(str(e).split()), 200)}") from None
     finally:
         loader.dispose()
 
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file."""
+    from bnsweep import destinations
+
     raw = read_yaml(path)
     try:
-        return SweepSpec.model_validate(raw)
+        spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise UserError(f"{path}: {validation_error(e)}") from None
+    try:
+        destinations.output(spec.output)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return spec
 
 
 def load_cells(path: str | Path, max_cells: int = MAX_CELLS) -> tuple[SweepSpec, list[CellConfig]]:

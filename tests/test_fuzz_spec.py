@@ -71,6 +71,12 @@ PATHS = [
     ("measure", "ics", "layers"),
     ("measure", "ics", "every"),
     ("measure", "curvature", "steps"),
+    ("measure", "ics", "log", "points"),
+    ("measure", "ics", "steps"),
+    ("measure", "landscape", "every"),
+    ("measure", "landscape", "eta", "points"),
+    ("measure", "landscape", "eta", "to"),
+    ("measure", "activations", "layers"),
     ("grid",),
     ("grid", 0),
     ("grid", 0, "arch"),
@@ -81,6 +87,7 @@ PATHS = [
     ("grid", 0, "seed", 1),
     ("grid", 0, "overrides"),
     ("grid", 0, "overrides", "train", "batch_size"),
+    ("grid", 0, "overrides", "dataset"),
     ("grid", 1, "overrides", "dataset", "test_fraction"),
     ("grid", 1, "lr"),
     ("grid", 1, "arch", 0),
@@ -99,7 +106,8 @@ scalars = st.one_of(
 )
 hostile_numbers = st.one_of(  # the values that once validated and then failed in a run
     st.sampled_from(
-        [math.inf, -math.inf, math.nan, True, False, "0.1", "1", 2**70, 10**12, 10**16, 65, 2000, 300 * "a"]
+        [math.inf, -math.inf, math.nan, True, False, "0.1", "1", 2**70, 10**12, 10**16, 65, 2000, 300 * "a",
+         1e-6, 0.00015, [2, 2, 2], "mock:///x", "foo://x", "/dev/null", "1:30"]
     ),
     st.lists(st.sampled_from([math.inf, math.nan, True, "0.1", 2**70, 0.1, 1]), min_size=1, max_size=3),
 )
@@ -254,3 +262,104 @@ def test_mutated_specs_exit_0_or_2_and_write_nothing(mutations, damage, command)
         else:
             assert err == "", err[:1000]
             _worker_accepts(spec)
+
+
+# --- command lines --------------------------------------------------------------------------------
+# Hostile argument values: numbers in every spelling, paths that are not places to write, bytes that
+# are not UTF-8 (Python holds them as surrogates), ~, option-like words, Ray addresses.
+WORDS = [
+    "", " ", "-", "--", "0", "-1", "1e23", "1e3", "2.5", "nan", "inf", "9" * 30, "0x10", "1_000", ":", "host:", ":1",
+    "host:0", "host:70000", "auto", "ray://:1", "~", "~/x", "~nobody/x", "/", "/proc", "/proc/x", "/dev/null", "/dev/full",
+    "/sys/x", "/etc/passwd", "{tmp}/afile", "{tmp}/afile/x", "{tmp}/missing/x.csv", "{tmp}", "{out}", "{spec}", "x" * 300,
+    "a\udcffb", "\udcfe", "é", "\x00", "line\nbreak", "--help", "--debug", "-o", "table", "csv", "json", "parquet",
+]
+FLAGS = {
+    "validate": ["--max-cells"],
+    "plan": ["--max-cells"],
+    "query": ["--max-rows", "--format", "-o"],
+    "ls": [],
+    "cluster validate": [],
+    "report": ["-o", "--spec"],
+    "run": ["--address", "--max-concurrent", "--log", "--log-dir", "--max-cells"],
+}
+POSITIONAL = {"validate": ["{spec}"], "plan": ["{spec}"], "query": ["{out}", "SELECT count(*) AS n FROM cells"],
+              "ls": ["{out}"], "cluster validate": ["{spec}"], "report": ["{out}"], "run": ["{spec}"]}
+word = st.one_of(st.sampled_from(WORDS), st.text(max_size=12))
+
+
+@st.composite
+def command_lines(draw, commands):
+    command = draw(st.sampled_from(commands))
+    positional = [draw(st.one_of(st.just(p), word)) for p in POSITIONAL[command]]
+    options = [x for _ in range(draw(st.integers(0, 3)))
+               for x in (draw(st.one_of(st.sampled_from(FLAGS[command] or ["--debug"]), word)), draw(word))]
+    return command.split() + positional + options
+
+
+def _in_scratch(argv: list[str], scratch: Path) -> list[str]:
+    spec = scratch / "tiny.yaml"
+    return [a.replace("{tmp}", str(scratch)).replace("{out}", str(scratch / "tables")).replace("{spec}", str(spec))
+            for a in argv]
+
+
+@pytest.fixture(scope="module")
+def tables_template(tmp_path_factory):
+    import synthetic
+
+    folder = tmp_path_factory.mktemp("tables")
+    synthetic.write_runs(str(folder / "tables"))
+    return folder / "tables"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(argv=command_lines(["validate", "plan", "query", "ls", "cluster validate"]))
+def test_command_lines_exit_cleanly_and_refusals_write_nothing(argv, tables_template):
+    """Any command line of the commands that run no sweep: exit 0 or 2 (or 141, never here), never a
+    traceback; a refusal is one `error:` line and leaves every file as it was."""
+    import shutil
+
+    from conftest import TINY_DLN, tiny_spec, write_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        shutil.copytree(tables_template, scratch / "tables")
+        (scratch / "afile").write_text("a file, not a folder\n")
+        write_spec(scratch / "tiny.yaml", tiny_spec(scratch / "out", grids=[TINY_DLN]))
+        args = _in_scratch(argv, scratch)
+        before = tree_digest(scratch)
+        stdout, stderr, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+        os.chdir(scratch)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                status = main(args)
+        finally:
+            os.chdir(cwd)
+        err = stderr.getvalue()
+        event(f"{argv[0]} exit {status}")
+        assert status in (0, 2), (status, args, err[-2000:])
+        assert "Traceback" not in err, err[-2000:]
+        if status == 2:
+            assert err.startswith("error: ") and err.count("\n") == 1, (args, err[:1000])
+            assert tree_digest(scratch) == before, f"a refused command wrote, changed or removed files: {args}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(argv=command_lines(["run", "report", "query", "validate"]))
+def test_every_command_line_parses_or_is_one_error_line(argv):
+    """The argument parsing of every command, `run` and `report` included (which this does not start):
+    parsed, or one `error:` line and status 2; --help exits 0."""
+    from bnsweep.cli import parser
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        try:
+            parser().parse_args(argv)
+            status = None
+        except SystemExit as e:
+            status = e.code
+    err = stderr.getvalue()
+    if status is None:
+        return
+    assert status in (0, 2), (argv, status, err)
+    if status == 2:
+        assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)

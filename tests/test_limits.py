@@ -166,12 +166,12 @@ def test_a_100k_cell_spec_validates_and_plans(tmp_path, capsys):
 
 def test_duplicates_are_found_in_linear_time():
     """Counter, not list.count: 2 x 10^5 values with one duplicate pair finish (quadratic would be 4e10 steps)."""
-    from bnsweep.spec import _unique
+    from bnsweep.options import unique
 
     values = list(range(200_000)) + [7]
     with pytest.raises(ValueError, match=r"duplicate seed values \[7\]"):
-        _unique("seed", values)
-    assert _unique("seed", list(range(200_000))) == list(range(200_000))
+        unique("seed", values)
+    assert unique("seed", list(range(200_000))) == list(range(200_000))
 
 
 def test_huge_values_are_cut_in_messages():

@@ -11,10 +11,12 @@ import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from bnsweep.limits import MAX_DEPTH
 from bnsweep.measure.base import Measurement
 from bnsweep.measure.schedule import Schedule
+from bnsweep.options import unique
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +26,16 @@ Q_COLS = [f"q{round(q * 100):02d}" for q in QUANTILES]
 
 
 class ActivationsOptions(Schedule):
-    layers: list[int] = Field(min_length=1, description="Weight layers #k from 1 (VGG #3, #11 in Fig. 1; DLN #1, #11, #24 in Fig. 9) [P].")
+    layers: list[int] = Field(
+        min_length=1,
+        max_length=MAX_DEPTH,
+        description="Weight layers #k from 1 (VGG #3, #11 in Fig. 1; DLN #1, #11, #24 in Fig. 9) [P].",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_once(cls, v: list[int]) -> list[int]:
+        return unique("layers", v)  # a layer listed twice would store its rows twice
 
 
 def unit_stats(values: torch.Tensor) -> dict:

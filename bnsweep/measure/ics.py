@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from bnsweep.limits import MAX_DEPTH
 from bnsweep.measure.base import Measurement
 from bnsweep.measure.schedule import Schedule
+from bnsweep.options import unique
 
 if TYPE_CHECKING:
     import polars as pl
@@ -23,8 +25,14 @@ if TYPE_CHECKING:
 
 class IcsOptions(Schedule):
     layers: list[int] = Field(
-        min_length=1, description="Weight layers #k, counted from the input from 1 (VGG #5, #10; DLN #9, #17 in the paper) [P]."
+        min_length=1, max_length=MAX_DEPTH,
+        description="Weight layers #k, counted from the input from 1 (VGG #5, #10; DLN #9, #17 in the paper) [P]."
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_once(cls, v: list[int]) -> list[int]:
+        return unique("layers", v)  # a layer listed twice would store its rows twice
 
 
 def weight_names(model) -> list[str]:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from bnsweep.limits import MAX_ETA, MAX_PROBE_POINTS
 from bnsweep.measure.base import Measurement
 from bnsweep.measure.schedule import Schedule
 from bnsweep.options import Options
@@ -24,9 +25,9 @@ if TYPE_CHECKING:
 
 
 class EtaGrid(Options):
-    from_: float = Field(0.5, gt=0, alias="from", description="Smallest step (VGG: lr/2 [P]; DLN: lr/100 [P]).")
-    to: float = Field(4.0, gt=0, description="Largest step (VGG: 4 lr [P]; DLN: 30 lr [P]).")
-    points: int = Field(8, ge=1, description="Number of steps; unknown in the paper [U].")
+    from_: float = Field(0.5, gt=0, le=MAX_ETA, alias="from", description="Smallest step (VGG: lr/2 [P]; DLN: lr/100 [P]).")
+    to: float = Field(4.0, gt=0, le=MAX_ETA, description="Largest step (VGG: 4 lr [P]; DLN: 30 lr [P]).")
+    points: int = Field(8, ge=1, le=MAX_PROBE_POINTS, description="Number of steps; unknown in the paper [U].")
     spacing: Literal["log", "linear"] = "log"
     relative_to: Literal["lr", "none"] = Field("lr", description="lr: from/to are multiples of the cell's learning rate; none: absolute.")
 

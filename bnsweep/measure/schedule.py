@@ -6,30 +6,38 @@ compare step by step; step 0 and the last step (steps - 1) are always included.
 
 from __future__ import annotations
 
-import numpy as np
-from pydantic import Field, model_validator
+from typing import Annotated
 
-from bnsweep.options import Options
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from bnsweep.limits import MAX_STEPS
+from bnsweep.options import Options, unique
 
 
 class LogSpacing(Options):
-    points: int = Field(ge=2, description="Number of log-spaced steps between 1 and the last step (plus step 0).")
+    points: int = Field(ge=2, le=MAX_STEPS, description="Number of log-spaced steps between 1 and the last step (plus step 0).")
 
 
 class Schedule(Options):
     """Exactly one of `every`, `log` or `steps`."""
 
-    every: int | None = Field(None, gt=0, description="Measure every k steps.")
+    every: int | None = Field(None, gt=0, le=MAX_STEPS, description="Measure every k steps.")
     log: LogSpacing | None = Field(None, description="Measure at log-spaced steps (dense early, sparse late).")
-    steps: list[int] | None = Field(None, min_length=1, description="Measure at exactly these steps (0-based).")
+    steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] | None = Field(
+        None, min_length=1, description="Measure at exactly these steps (0-based)."
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_once(cls, v: list[int] | None) -> list[int] | None:
+        return v if v is None else unique("steps", v)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Schedule:
         given = [k for k in ("every", "log", "steps") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"a schedule needs exactly one of every, log, steps (got {', '.join(given) or 'none'})")
-        if self.steps is not None and min(self.steps) < 0:
-            raise ValueError(f"steps must be >= 0 (got {min(self.steps)})")
         return self
 
     def resolve(self, total: int) -> frozenset[int]:
