@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from bnsweep.errors import UserError, unknown
 from bnsweep.layout import SCHEMAS, TABLES, progress_dir, runs_dir, table_dir
-from bnsweep.records import Store
+from bnsweep.records import Store, warn
 
 
 def schema(name: str) -> pl.Schema:
@@ -47,6 +47,19 @@ def sweeps(output: str) -> list[str]:
                 if f.type == pafs.FileType.Directory and f.base_name.startswith("sweep="):
                     names.add(f.base_name.removeprefix("sweep="))
     return sorted(n for n in names if any(s.files(t, n)[0] for t in TABLES))
+
+
+def verified(output: str, sweep: str | None = None) -> tuple[Store, dict[str, list[str]]]:
+    """(the store, {table: its verified files}) for every table with one under `output` (of `sweep`, if given);
+    each file left out is named in a warning line."""
+    s, files = store(output), {}
+    for name in TABLES:
+        good, bad = s.files(name, sweep)
+        for path, why in bad.items():
+            warn(f"skipped {path}: {why}")
+        if good:
+            files[name] = good
+    return s, files
 
 
 def present(output: str, sweep: str | None = None) -> list[str]:

@@ -6,6 +6,7 @@ user's mistake: one line, exit 2, instead of an OSError traceback halfway throug
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bnsweep.errors import UserError
@@ -37,3 +38,13 @@ def file(dest: str | Path) -> Path:
             else f"-o {dest}: {parent} is not a folder"
         )
     return p
+
+
+def outside(dest: str | Path, output: str) -> None:
+    """Refuse a destination inside the output folder `output` (a local one): a query's file there could
+    overwrite a result, or be read back as one. Links are followed, so no alias of the output slips through."""
+    if "://" in output:  # an object store: a local -o cannot be inside it
+        return
+    root, p = os.path.realpath(os.path.expanduser(output)), os.path.realpath(dest)
+    if os.path.commonpath([root, p]) == root:
+        raise UserError(f"-o {dest}: is inside the output {output}, whose files are results; write the query's result elsewhere")
