@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from bnsweep.errors import UserError, unknown
-from bnsweep.layout import SCHEMAS, TABLES, progress_dir, runs_dir, table_dir
+from bnsweep.layout import SCHEMAS, SWEEP_NAME, TABLES, progress_dir, runs_dir, table_dir
 from bnsweep.records import Store, warn
 
 
@@ -38,14 +38,19 @@ def store(output: str) -> Store:
 
 
 def sweeps(output: str) -> list[str]:
-    """Names of the sweeps with rows in any table under `output`, sorted."""
+    """Names of the sweeps with rows in any table under `output`, sorted; a partition folder whose value is
+    not a sweep name (`sweep=..`, which would lead a report outside its folder) is named and left out."""
     s, names = store(output), set()
     for name in TABLES:
         folder = table_dir(s.root, name)
         if s.fs.get_file_info(folder).type == pafs.FileType.Directory:
             for f in s.fs.get_file_info(pafs.FileSelector(folder)):
                 if f.type == pafs.FileType.Directory and f.base_name.startswith("sweep="):
-                    names.add(f.base_name.removeprefix("sweep="))
+                    name = f.base_name.removeprefix("sweep=")
+                    if SWEEP_NAME.match(name):
+                        names.add(name)
+                    else:  # `sweep=..` would put a report in the parent of -o: no sweep can have that name
+                        warn(f"skipped {f.path}: {name!r} is not a sweep name (letters, digits, _ . -, starting with a letter or digit)")
     return sorted(n for n in names if any(s.files(t, n)[0] for t in TABLES))
 
 

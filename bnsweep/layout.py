@@ -68,6 +68,7 @@ DONE, DIVERGED, FAILED = "done", "diverged", "failed"
 STATUSES = (DONE, DIVERGED, FAILED)
 RESULT = (DONE, DIVERGED)  # statuses that are results; `failed` cells run again
 
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a sweep's name: one plain folder name, never `..` or a path
 CELL_FILE = re.compile(r"^[^./][^/]*\.parquet$")  # <cell_id>.parquet; anything else in a partition is stray
 
 
