@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -39,6 +41,13 @@ def _hint(msg: str, here: list[str]) -> str:
     return msg
 
 
+def _engine_env() -> dict[str, str]:
+    """The environment of the engine's process: ours (object-store credentials), with the folder this
+    `analysis` package came from first on its path, so it runs the same code as we do."""
+    here = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def request(output: str, query: str, limit: int | None = None) -> dict:
     """What the engine is sent: the output's URI, each present table's verified files and schema, the query."""
     store, files = load.verified(output)
@@ -55,7 +64,7 @@ def sql(output: str, query: str, limit: int | None = None) -> pl.DataFrame:
     except UnicodeEncodeError as e:
         raise UserError(f"query refused: character {e.start + 1} is not valid UTF-8 (bytes that are not text)") from None
     req = request(output, query, limit)
-    done = subprocess.run(ENGINE, input=json.dumps(req).encode(), capture_output=True)
+    done = subprocess.run(ENGINE, input=json.dumps(req).encode(), capture_output=True, env=_engine_env())
     if done.returncode == 0:
         return pl.from_arrow(pa.ipc.open_stream(done.stdout).read_all())
     err = done.stderr.decode(errors="replace").strip().splitlines()

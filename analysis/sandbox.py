@@ -121,5 +121,17 @@ def main() -> int:
     return 0
 
 
+class _NoPandas:
+    """An import hook that says pandas is not installed: pyarrow.dataset imports it when present (1.8 s of a
+    2.5 s start on a loaded 2-core machine) and nothing here uses it; both libraries run without it."""
+
+    @staticmethod
+    def find_spec(name: str, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 if __name__ == "__main__":
+    sys.meta_path.insert(0, _NoPandas)
     sys.exit(main())

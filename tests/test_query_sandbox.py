@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import synthetic
 from conftest import tree_digest
+from test_s3 import s3_uri  # noqa: F401  (the fixture: moto serving S3 on loopback)
 
 from analysis import query, sandbox
 from bnsweep.cli import main
@@ -174,3 +175,13 @@ def test_the_engine_runs_with_limits(out, monkeypatch):
     assert con.execute("SELECT current_setting('lock_configuration')").fetchone()[0] is True
     with pytest.raises(duckdb.OutOfMemoryException):  # over the limit: an error, never a swap storm
         con.execute(f"SELECT list(range) FROM range({10**9})").fetchall()
+
+
+def test_an_object_store_output_is_queried_through_the_same_sandbox(s3_uri, secret, capsys):  # noqa: F811
+    """Tables on S3 (moto on loopback) are read by pyarrow inside the engine's process; local files still are not."""
+    synthetic.write_runs(s3_uri)
+    capsys.readouterr()
+    assert main(["query", s3_uri, "SELECT count(*) AS n, count(DISTINCT cell_id) AS cells FROM cells", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n,cells", "42,42"]
+    assert main(["query", s3_uri, f"SELECT * FROM read_csv('{secret}')"]) == 2
+    assert "disabled by configuration" in capsys.readouterr().err
