@@ -58,13 +58,18 @@ def published_md5() -> dict[str, str]:
     return dict(CIFAR10.train_list + CIFAR10.test_list)
 
 
-def read_batch(path: Path) -> dict:
-    """One CIFAR-10 python batch {"data": (N, 3072) uint8, "labels": [N] in 0..9}, read with the restricted
-    unpickler after its MD5 is checked against the published one; anything else is a UserError naming the file."""
+def check_md5(path: Path) -> None:
+    """A UserError naming `path` unless its MD5 is the published one for its name."""
     want, got = published_md5().get(path.name), md5(path)
     if got != want:
         raise UserError(f"{path}: MD5 {got} is not the published CIFAR-10 {want} for {path.name} (a damaged or foreign "
                         f"file); extract {CIFAR10_URL} again")
+
+
+def read_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch {"data": (N, 3072) uint8, "labels": [N] in 0..9}, read with the restricted
+    unpickler after its MD5 is checked against the published one; anything else is a UserError naming the file."""
+    check_md5(path)
     try:
         with open(path, "rb") as fh:
             d = _BatchUnpickler(fh, encoding="latin1").load()
@@ -136,6 +141,13 @@ class Cifar10:
             return None
         return (f"dataset.root: no CIFAR-10 under {base} (missing {', '.join(absent)}); set dataset.download: true, "
                 f"or extract {CIFAR10_URL} into {spec.root}")
+
+    @classmethod
+    def verify(cls, spec: Cifar10Spec) -> None:
+        """Every batch present is the published one (MD5): the driver's check, before any worker reads one."""
+        for f in cls.train_files + cls.test_files:
+            if (path := Path(spec.root) / cls.folder / f).is_file():
+                check_md5(path)
 
     @classmethod
     def prepare(cls, spec: Cifar10Spec) -> None:
@@ -279,11 +291,14 @@ DATASETS: dict[str, type] = {
 
 def ensure_data(specs, fetch: bool = False) -> None:
     """The one check of a sweep's data, in the driver before anything runs: every data set is present
-    or may be downloaded (`download: true`), else a UserError; with `fetch`, download what is missing."""
+    or may be downloaded (`download: true`), and every file present is the published one, else a UserError;
+    with `fetch`, download what is missing."""
     for spec in set(specs):
         msg = DATASETS[spec.name].missing(spec)
         if msg and not getattr(spec, "download", False):
             raise UserError(msg)
+        if hasattr(DATASETS[spec.name], "verify"):  # a damaged or crafted file: refused before anything runs
+            DATASETS[spec.name].verify(spec)
         if fetch:
             DATASETS[spec.name].prepare(spec)
 

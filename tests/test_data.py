@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 import subprocess
 
 import numpy as np
@@ -150,6 +151,27 @@ def test_a_batch_of_the_wrong_shape_is_refused_in_one_line(tmp_path, monkeypatch
     with pytest.raises(UserError) as e:
         Cifar10.load(Cifar10Spec(root=str(tmp_path)))
     assert str(e.value).startswith(f"{path}: refused") and says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_validate_refuses_a_crafted_batch_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from conftest import tiny_spec, write_spec
+
+    from bnsweep.cli import main
+
+    marker = tmp_path / "ran"
+    write_fake_cifar10(tmp_path / "genuine")
+    publish(monkeypatch, tmp_path / "genuine")
+    _, path = _crafted(tmp_path / "data", _Payload(marker))
+    grid = {"arch": ["vgg16"], "norm": ["none"], "lr": [0.1], "overrides": {"dataset": {"name": "cifar10", "root": str(tmp_path / "data")}}}
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid]))
+    for command in ("validate", "run"):
+        capsys.readouterr()
+        assert main([command, str(spec)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: MD5 ") and err.count("\n") == 1, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    shutil.copy(tmp_path / "genuine" / "cifar-10-batches-py" / "data_batch_1", path)  # the genuine file back: accepted
+    assert main(["validate", str(spec)]) == 0
 
 
 def test_cifar10_missing_says_how_to_get_it(tmp_path):
