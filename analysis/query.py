@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from analysis import load, progress
+from analysis import load, progress, sandbox
 from bnsweep.errors import UserError
 from bnsweep.layout import DIVERGED, DONE, FAILED, KEY_NAMES, SCHEMAS, TABLES
 
@@ -53,6 +53,7 @@ def request(output: str, query: str, limit: int | None = None) -> dict:
     store, files = load.verified(output)
     schema = lambda name: base64.b64encode(SCHEMAS[name].serialize().to_pybytes()).decode()
     return {"uri": store.uri, "sql": query, "limit": limit,
+            "memory_limit": sandbox.memory_limit(), "address_limit": sandbox.address_limit(),
             "tables": {name: {"paths": paths, "schema": schema(name)} for name, paths in files.items()}}
 
 

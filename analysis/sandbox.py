@@ -24,6 +24,8 @@ import sys
 
 THREADS = 4  # at most; fewer on a smaller machine
 MEMORY_SHARE = 0.5  # of physical memory: DuckDB's limit (its default is 80 %); a query fails with "Out of Memory"
+ADDRESS_SHARE = 0.75  # of physical memory: the whole process's address space (Arrow results are outside DuckDB's limit)
+MIN_ADDRESS = 4 << 30  # bytes; a trivial query maps 2.4 GB (thread stacks, allocator arenas)
 REFUSED = 2  # exit status of a refused or failed query (its one line on stderr)
 
 
@@ -31,18 +33,40 @@ class Refused(Exception):
     """A query that is not one SELECT."""
 
 
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def memory_limit() -> str:
     """DuckDB's memory limit: MEMORY_SHARE of this machine's physical memory, in MiB."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # no sysconf: DuckDB's own default
-        return "80%"
-    return f"{int(total * MEMORY_SHARE) >> 20}MiB"
+    total = physical_memory()
+    return "80%" if total is None else f"{int(total * MEMORY_SHARE) >> 20}MiB"  # 80 %: DuckDB's own default
 
 
-def connect(tables: dict, uri: str | None = None):
+def address_limit() -> int | None:
+    """The engine process's address-space limit in bytes (RLIMIT_AS): a result too large for memory is an
+    "Out of Memory" error line, not the machine swapping or the OOM killer picking a process."""
+    total = physical_memory()
+    return None if total is None else max(int(total * ADDRESS_SHARE), MIN_ADDRESS)
+
+
+def limit_address_space(limit: int | None) -> None:
+    """Lower this process's RLIMIT_AS to `limit` (never raise it above what it was)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if limit is not None:
+        cap = [x for x in (soft, hard, limit) if x != resource.RLIM_INFINITY]
+        resource.setrlimit(resource.RLIMIT_AS, (min(cap), hard))
+
+
+def connect(tables: dict, uri: str | None = None, memory: str | None = None):
     """An in-memory DuckDB connection with `tables` ({name: (paths, pa.Schema)}) registered and every
-    file access, extension load and setting change locked off."""
+    file access, extension load and setting change locked off; `memory`: DuckDB's limit (default memory_limit())."""
     import duckdb
     import pyarrow as pa
     import pyarrow.dataset as ds
@@ -51,7 +75,7 @@ def connect(tables: dict, uri: str | None = None):
     threads = max(1, min(THREADS, os.cpu_count() or 1))
     pa.set_cpu_count(threads)
     con = duckdb.connect(":memory:", config={
-        "threads": threads, "memory_limit": memory_limit(),
+        "threads": threads, "memory_limit": memory or memory_limit(),
         "temp_directory": "",  # never spill to disk: a query writes no file
         "autoinstall_known_extensions": False, "autoload_known_extensions": False,
     })
@@ -85,7 +109,8 @@ def run(request: dict):
 
     tables = {name: (t["paths"], pa.ipc.read_schema(pa.py_buffer(base64.b64decode(t["schema"]))))
               for name, t in request["tables"].items()}
-    con = connect(tables, request["uri"])
+    limit_address_space(request.get("address_limit"))
+    con = connect(tables, request["uri"], request.get("memory_limit"))
     one_select(con, request["sql"])
     rel = con.sql(request["sql"])
     if request.get("limit") is not None:

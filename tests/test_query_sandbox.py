@@ -165,6 +165,18 @@ def test_o_never_overwrites_a_result(out, tmp_path, capsys, fmt):
     assert main(["query", str(out), "SELECT count(*) AS n FROM cells", "--format", fmt, "-o", str(tmp_path / "q")]) == 0
 
 
+def test_a_result_larger_than_memory_is_one_error_line(out, monkeypatch, capsys):
+    """The limits travel to the engine's process; small ones here, so going over them is quick."""
+    monkeypatch.setattr(sandbox, "memory_limit", lambda: "200MiB")
+    monkeypatch.setattr(sandbox, "address_limit", lambda: 3 << 30)
+    capsys.readouterr()
+    assert main(["query", str(out), "SELECT * FROM range(2000000000)", "--format", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: query failed: Out of Memory Error") and err.count("\n") == 1, err[:500]
+    assert main(["query", str(out), "SELECT count(*) AS n FROM cells", "--format", "csv"]) == 0  # normal queries fit
+    assert capsys.readouterr().out.split() == ["n", "42"]
+
+
 def test_the_engine_runs_with_limits(out, monkeypatch):
     assert sandbox.memory_limit().endswith("MiB") and int(sandbox.memory_limit()[:-3]) > 0
     monkeypatch.setattr(sandbox, "memory_limit", lambda: "100MiB")  # small, so going over it is quick
