@@ -70,7 +70,10 @@ def sql(output: str, query: str, limit: int | None = None) -> pl.DataFrame:
         return pl.from_arrow(pa.ipc.open_stream(done.stdout).read_all())
     err = done.stderr.decode(errors="replace").strip().splitlines()
     if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name if -done.returncode in signal.Signals._value2member_map_ else -done.returncode
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:  # a signal Python has no name for
+            name = str(-done.returncode)
         raise UserError(f"query failed: the query engine stopped on signal {name} (a query too large or too deeply nested?)")
     if done.returncode == 2 and len(err) == 1:
         raise UserError(_hint(err[0], list(req["tables"])))

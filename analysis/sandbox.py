@@ -118,10 +118,14 @@ def run(request: dict):
     return rel.to_arrow_table()
 
 
+MAX_MESSAGE = 400  # characters of an engine error kept: it may quote a huge token of the query
+
+
 def one_line(e: BaseException) -> str:
-    """An engine error as one line: its first line ("Binder Error: ..."), white space collapsed."""
+    """An engine error as one line: its first line ("Binder Error: ..."), white space collapsed, cut to MAX_MESSAGE."""
     text = str(e).strip() or type(e).__name__
-    return " ".join(text.splitlines()[0].split())
+    line = " ".join(text.splitlines()[0].split())
+    return line if len(line) <= MAX_MESSAGE else f"{line[:MAX_MESSAGE]}... ({len(line):,} characters)"
 
 
 def main() -> int:

@@ -126,6 +126,8 @@ def test_no_quoting_or_commenting_reads_a_file(out, secret, tmp_path, capsys, sq
     "SELECT " + "NOT " * 50_000 + "true",
     "SELECT " + "[" * 20_000 + "1" + "]" * 20_000,
     "SELECT 1 " + "/*" * 50_000 + "*/" * 50_000,
+    "SELECT " + "x" * 100_000 + " FROM cells",  # an error that quotes the query's huge name: cut
+    "SELEC '" + "y" * 100_000 + "'",
 ])
 def test_a_hostile_expression_is_one_error_line(out, capsys, sql):
     capsys.readouterr()
