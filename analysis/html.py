@@ -52,9 +52,13 @@ def table(rows: list[dict], columns: list[Column], cls: str = "") -> str:
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})  # JSON's own escapes
+
+
 def script_json(obj: object) -> str:
-    """JSON that is safe inside a <script> element."""
-    return json.dumps(obj, allow_nan=False).replace("</", "<\\/")
+    """JSON that is safe inside a <script> element: no <, > or & at all (a value holding `</script>`, `<!--` or
+    `<script>` cannot end the element or switch the HTML parser's script states); JSON.parse reads it back unchanged."""
+    return json.dumps(obj, allow_nan=False).translate(SCRIPT_SAFE)
 
 
 EMBED = """

@@ -17,8 +17,8 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from bnsweep.errors import UserError, unknown
-from bnsweep.layout import SCHEMAS, TABLES, progress_dir, runs_dir, table_dir
-from bnsweep.records import Store
+from bnsweep.layout import SCHEMAS, SWEEP_NAME, TABLES, progress_dir, runs_dir, table_dir
+from bnsweep.records import Store, warn
 
 
 def schema(name: str) -> pl.Schema:
@@ -39,15 +39,33 @@ def store(output: str) -> Store:
 
 
 def sweeps(output: str) -> list[str]:
-    """Names of the sweeps with rows in any table under `output`, sorted."""
+    """Names of the sweeps with rows in any table under `output`, sorted; a partition folder whose value is
+    not a sweep name (`sweep=..`, which would lead a report outside its folder) is named and left out."""
     s, names = store(output), set()
     for name in TABLES:
         folder = table_dir(s.root, name)
         if s.fs.get_file_info(folder).type == pafs.FileType.Directory:
             for f in s.fs.get_file_info(pafs.FileSelector(folder)):
                 if f.type == pafs.FileType.Directory and f.base_name.startswith("sweep="):
-                    names.add(f.base_name.removeprefix("sweep="))
+                    name = f.base_name.removeprefix("sweep=")
+                    if SWEEP_NAME.match(name):
+                        names.add(name)
+                    else:  # `sweep=..` would put a report in the parent of -o: no sweep can have that name
+                        warn(f"skipped {f.path}: {name!r} is not a sweep name (letters, digits, _ . -, starting with a letter or digit)")
     return sorted(n for n in names if any(s.survey(n).good.values()))
+
+
+def verified(output: str, sweep: str | None = None) -> tuple[Store, dict[str, list[str]]]:
+    """(the store, {table: its verified files}) for every table with one under `output` (of `sweep`, if given);
+    each file left out is named in a warning line."""
+    s, files = store(output), {}
+    for name in TABLES:
+        good, bad = s.files(name, sweep)
+        for path, why in bad.items():
+            warn(f"skipped {path}: {why}")
+        if good:
+            files[name] = good
+    return s, files
 
 
 def present(output: str, sweep: str | None = None) -> list[str]:

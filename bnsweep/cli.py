@@ -175,6 +175,7 @@ def cmd_query(args) -> int:
 
     if args.file:
         destinations.file(args.file)
+        destinations.outside(args.file, args.output)
     table = args.format == "table"
     limit = args.max_rows + 1 if table and args.max_rows else None  # one row more tells whether there are more
     result = query.sql(args.output, args.sql, limit)
@@ -320,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", dest="dest", type=_path, help="report folder (default OUTPUT/reports); one subfolder per sweep")
     rep.add_argument("--spec", type=_path, help="report only the cells of this sweep file (as `run` would expand it)")
     rep.set_defaults(fn=cmd_report)
-    q = sub.add_parser("query", help="SQL over every table of an output (Polars SQL)")
+    q = sub.add_parser("query", help="SQL over every table of an output (DuckDB SQL, read-only)")
     q.add_argument("output", type=_path, help="a sweep's output folder")
     q.add_argument("sql", help='e.g. "SELECT status, count(*) FROM steps JOIN cells USING (cell_id) GROUP BY status"')
     q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")

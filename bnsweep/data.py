@@ -7,6 +7,7 @@ and `gaussian_regression` (the paper's deep-linear-network task). All are determ
 from __future__ import annotations
 
 import functools
+import hashlib
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,65 @@ from bnsweep.options import Options
 
 DIGITS_IMAGES = 1797  # scikit-learn's load_digits()
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+# What a CIFAR-10 python batch is made of, as pickle asks for it: the numpy array reconstruction (the
+# module moved to numpy._core in numpy 2), and `_codecs.encode`, the way protocol 2 spells bytes when
+# Python 3 wrote it. dict, list, str, bytes and int need no class. Anything else (os.system in a
+# crafted __reduce__, any callable at all) is refused before it is looked up, so it never runs.
+PICKLE_ALLOWED = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the types a CIFAR-10 batch holds (PICKLE_ALLOWED)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+        return super().find_class(module, name)
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def published_md5() -> dict[str, str]:
+    """{batch file: its MD5} as the CIFAR-10 authors publish them, from torchvision's CIFAR10 class."""
+    from torchvision.datasets import CIFAR10
+
+    return dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
+def check_md5(path: Path) -> None:
+    """A UserError naming `path` unless its MD5 is the published one for its name."""
+    want, got = published_md5().get(path.name), md5(path)
+    if got != want:
+        raise UserError(f"{path}: MD5 {got} is not the published CIFAR-10 {want} for {path.name} (a damaged or foreign "
+                        f"file); extract {CIFAR10_URL} again")
+
+
+def read_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch {"data": (N, 3072) uint8, "labels": [N] in 0..9}, read with the restricted
+    unpickler after its MD5 is checked against the published one; anything else is a UserError naming the file."""
+    check_md5(path)
+    try:
+        with open(path, "rb") as fh:
+            d = _BatchUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise UserError(f"{path}: refused, not a CIFAR-10 batch: {' '.join(str(e).split())[:200]} (only numpy arrays, "
+                        "dict, list, bytes, str and int are read)") from None
+    data = d.get("data") if isinstance(d, dict) else None
+    labels = d.get("labels") if isinstance(d, dict) else None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+            and isinstance(labels, list) and len(labels) == len(data) and all(type(y) is int and 0 <= y < 10 for y in labels)):
+        raise UserError(f"{path}: refused, not a CIFAR-10 batch (expected a dict with 'data' (N, 3072) uint8 and 'labels' [N] in 0..9)")
+    return d
 
 
 @dataclass(frozen=True)
@@ -84,6 +144,13 @@ class Cifar10:
                 f"or extract {CIFAR10_URL} into {spec.root}")
 
     @classmethod
+    def verify(cls, spec: Cifar10Spec) -> None:
+        """Every batch present is the published one (MD5): the driver's check, before any worker reads one."""
+        for f in cls.train_files + cls.test_files:
+            if (path := Path(spec.root) / cls.folder / f).is_file():
+                check_md5(path)
+
+    @classmethod
     def prepare(cls, spec: Cifar10Spec) -> None:
         if cls.missing(spec) and spec.download:
             import torchvision
@@ -96,11 +163,10 @@ class Cifar10:
     def load(cls, spec: Cifar10Spec) -> tuple[torch.Tensor, ...]:
         def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
             xs, ys = [], []
-            for f in files:  # python pickles of {"data": (N, 3072) uint8, "labels": [N]}
-                with open(Path(spec.root) / cls.folder / f, "rb") as fh:
-                    d = pickle.load(fh, encoding="latin1")
-                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64))
+            for f in files:  # python pickles of {"data": (N, 3072) uint8, "labels": [N]}, checked and restricted
+                d = read_batch(Path(spec.root) / cls.folder / f)
+                xs.append(d["data"].reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d["labels"], dtype=np.int64))
             return torch.from_numpy(np.concatenate(xs)).float() / 255, torch.from_numpy(np.concatenate(ys))
 
         (xtr, ytr), (xte, yte) = read(cls.train_files), read(cls.test_files)
@@ -233,11 +299,14 @@ DATASETS: dict[str, type] = {
 
 def ensure_data(specs, fetch: bool = False) -> None:
     """The one check of a sweep's data, in the driver before anything runs: every data set is present
-    or may be downloaded (`download: true`), else a UserError; with `fetch`, download what is missing."""
+    or may be downloaded (`download: true`), and every file present is the published one, else a UserError;
+    with `fetch`, download what is missing."""
     for spec in set(specs):
         msg = DATASETS[spec.name].missing(spec)
         if msg and not getattr(spec, "download", False):
             raise UserError(msg)
+        if hasattr(DATASETS[spec.name], "verify"):  # a damaged or crafted file: refused before anything runs
+            DATASETS[spec.name].verify(spec)
         if fetch:
             DATASETS[spec.name].prepare(spec)
 

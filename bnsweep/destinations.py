@@ -114,3 +114,13 @@ def _answers(uri: str, timeout_s: float) -> None:
         lines = [line for line in err.splitlines() if line.strip()]
         why = lines[-1].removeprefix("OSError: ") if lines else f"exit status {p.returncode}"
         raise UserError(f"output {short(uri)}: cannot use it: {' '.join(why.split())[:200]}")
+
+
+def outside(dest: str | Path, output: str) -> None:
+    """Refuse a destination inside the output folder `output` (a local one): a query's file there could
+    overwrite a result, or be read back as one. Links are followed, so no alias of the output slips through."""
+    if "://" in output:  # an object store: a local -o cannot be inside it
+        return
+    root, p = os.path.realpath(os.path.expanduser(output)), os.path.realpath(dest)
+    if os.path.commonpath([root, p]) == root:
+        raise UserError(f"-o {dest}: is inside the output {output}, whose files are results; write the query's result elsewhere")

@@ -76,6 +76,7 @@ RESULT = (DONE, DIVERGED)  # statuses that are results; `failed` cells run again
 REQUIRED: dict[str, list[str]] = {name: schema.names for name, schema in SCHEMAS.items()}
 REQUIRED["cells"] = KEY_NAMES + ["status", "steps_done"]
 
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a sweep's name: one plain folder name, never `..` or a path
 CELL_FILE = re.compile(r"^[^./][^/]*\.parquet$")  # <cell_id>.parquet; anything else in a partition is stray
 _PLACE = re.compile(r"^(?P<table>[^/]+)/sweep=(?P<sweep>[^/]+)/arch=(?P<arch>[^/]+)/norm=(?P<norm>[^/]+)/"
                     r"(?P<cell_id>[^./][^/]*)\.parquet$")

@@ -19,6 +19,7 @@ from pydantic import Field, PositiveFloat, SerializeAsAny, ValidationError, crea
 
 from bnsweep.data import DATASETS, DatasetInfo
 from bnsweep.errors import UserError, register_model, unknown, validation_error
+from bnsweep.layout import SWEEP_NAME
 from bnsweep.limits import (
     MAX_CELLS,
     MAX_DATA_ELEMENTS,
@@ -190,7 +191,7 @@ class SweepSpec(Settings):
     """A sweep: a name, where its tables go, default settings, and one or more grids."""
 
     name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=SWEEP_NAME.pattern,
         max_length=MAX_NAME,
         description=f"Sweep name; a partition value in every table and a file name (at most {MAX_NAME} characters).",
     )

@@ -1,11 +1,15 @@
 """Data sets: the CIFAR-10 reader on a small CIFAR-10 in torchvision's on-disk format; digits; the DLN task."""
 
+import os
 import pickle
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
+from bnsweep import data
 from bnsweep.data import DATASETS, Cifar10, Cifar10Spec, DigitsSpec, GaussianRegressionSpec, load_data
 from bnsweep.errors import UserError
 
@@ -29,8 +33,27 @@ def write_fake_cifar10(root, per_batch=12, seed=0):
     return batches
 
 
+def publish(mp, root) -> dict[str, str]:
+    """Make the fake batches under `root` the published ones: the MD5 table holds their sums (the real one
+    is torchvision's, which no fake file matches)."""
+    folder = root / "cifar-10-batches-py"
+    sums = {p.name: data.md5(p) for p in folder.iterdir()}
+    mp.setattr(data, "published_md5", lambda: sums)
+    return sums
+
+
+def test_published_md5s_are_torchvisions():
+    import torchvision
+
+    sums = data.published_md5()
+    assert sorted(sums) == sorted(Cifar10.train_files + Cifar10.test_files)
+    assert sums["data_batch_1"] == dict(torchvision.datasets.CIFAR10.train_list)["data_batch_1"]
+    assert all(len(v) == 32 and int(v, 16) >= 0 for v in sums.values())
+
+
 def test_cifar10_reader_on_torchvision_layout(tmp_path, monkeypatch):
     batches = write_fake_cifar10(tmp_path)
+    publish(monkeypatch, tmp_path)
     spec = Cifar10Spec(root=str(tmp_path))
     assert Cifar10.missing(spec) is None
     xtr, ytr, xte, yte = Cifar10.load(spec)
@@ -50,6 +73,107 @@ def test_cifar10_reader_on_torchvision_layout(tmp_path, monkeypatch):
     assert tv.targets == ytr.tolist()
 
 
+class _Payload:
+    """What a crafted batch carries: unpickling it would run `touch MARKER`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted(tmp_path, payload) -> tuple:
+    """Fake CIFAR-10 whose data_batch_1 holds `payload` under 'data' (a real batch's other keys kept)."""
+    write_fake_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({"batch_label": "crafted", "labels": [0], "data": payload, "filenames": ["x.png"]}, f, protocol=2)
+    return Cifar10Spec(root=str(tmp_path)), path
+
+
+def test_a_file_that_is_not_the_published_one_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    write_fake_cifar10(tmp_path / "genuine")
+    published = publish(monkeypatch, tmp_path / "genuine")  # the table: sums of the genuine files only
+    spec, path = _crafted(tmp_path, _Payload(marker))
+    monkeypatch.setattr(data, "published_md5", lambda: published)
+    with pytest.raises(UserError) as e:
+        Cifar10.load(spec)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and f"is not the published CIFAR-10 {published['data_batch_1']}" in msg
+    assert data.md5(path) in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload, asks", [
+    ("system", "posix.system"),
+    ("eval", "__builtin__.eval"),  # protocol 2 spells builtins as Python 2 did
+    ("subprocess", "commands.call"),  # subprocess.call, likewise
+])
+def test_a_pickle_with_code_is_refused_even_with_a_matching_md5(tmp_path, monkeypatch, payload, asks):
+    """The second fence: were a crafted file's MD5 in the table, the unpickler still builds no callable."""
+    marker = tmp_path / "ran"
+
+    class Call:
+        def __reduce__(self):
+            if payload == "system":
+                return (os.system, (f"touch {marker}",))
+            if payload == "eval":
+                return (eval, (f"open({str(marker)!r}, 'w')",))
+            return (subprocess.call, (["touch", str(marker)],))
+
+    spec, path = _crafted(tmp_path, Call())
+    publish(monkeypatch, tmp_path)  # the crafted file's own sum: the MD5 check passes
+    with pytest.raises(UserError) as e:
+        Cifar10.load(spec)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: refused, not a CIFAR-10 batch: it asks for {asks}") and "\n" not in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, says", [
+    ({"data": np.zeros((2, 3072), np.float64), "labels": [0, 1]}, "not a CIFAR-10 batch (expected"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, "not a CIFAR-10 batch (expected"),
+    ({"data": np.zeros((2, 3072), np.uint8)}, "not a CIFAR-10 batch (expected"),
+    ([1, 2, 3], "not a CIFAR-10 batch (expected"),
+    (b"truncated", "not a CIFAR-10 batch"),
+])
+def test_a_batch_of_the_wrong_shape_is_refused_in_one_line(tmp_path, monkeypatch, content, says):
+    write_fake_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    if content == b"truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(content, f, protocol=2)
+    publish(monkeypatch, tmp_path)
+    with pytest.raises(UserError) as e:
+        Cifar10.load(Cifar10Spec(root=str(tmp_path)))
+    assert str(e.value).startswith(f"{path}: refused") and says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_validate_refuses_a_crafted_batch_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from conftest import tiny_spec, write_spec
+
+    from bnsweep.cli import main
+
+    marker = tmp_path / "ran"
+    write_fake_cifar10(tmp_path / "genuine")
+    publish(monkeypatch, tmp_path / "genuine")
+    _, path = _crafted(tmp_path / "data", _Payload(marker))
+    grid = {"arch": ["vgg16"], "norm": ["none"], "lr": [0.1], "overrides": {"dataset": {"name": "cifar10", "root": str(tmp_path / "data")}}}
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid]))
+    for command in ("validate", "run"):
+        capsys.readouterr()
+        assert main([command, str(spec)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: MD5 ") and err.count("\n") == 1, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    shutil.copy(tmp_path / "genuine" / "cifar-10-batches-py" / "data_batch_1", path)  # the genuine file back: accepted
+    assert main(["validate", str(spec)]) == 0
+
+
 def test_cifar10_missing_says_how_to_get_it(tmp_path):
     spec = Cifar10Spec(root=str(tmp_path))
     assert "download: true" in Cifar10.missing(spec)
@@ -57,16 +181,17 @@ def test_cifar10_missing_says_how_to_get_it(tmp_path):
         Cifar10.prepare(spec)
 
 
-def spec_for(name, tmp_path):
+def spec_for(name, tmp_path, mp):
     if name == "cifar10":
         write_fake_cifar10(tmp_path)
+        publish(mp, tmp_path)
         return Cifar10Spec(root=str(tmp_path))
     return DATASETS[name].Spec()
 
 
 @pytest.mark.parametrize("name", DATASETS)
-def test_every_dataset_loads_as_its_info_says(name, tmp_path):
-    spec = spec_for(name, tmp_path)
+def test_every_dataset_loads_as_its_info_says(name, tmp_path, monkeypatch):
+    spec = spec_for(name, tmp_path, monkeypatch)
     ds = DATASETS[name]
     data = load_data(spec, "cpu")
     info = ds.info(spec)

@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 from conftest import tiny_spec, write_spec
-from test_data import write_fake_cifar10
+from test_data import publish, write_fake_cifar10
 
 from bnsweep.cell import run_cell
 from bnsweep.records import Store
@@ -39,7 +39,9 @@ EVERY_MEASUREMENT = {"ics": {"steps": [0, 1, 2], "layers": [2, 7, 13]},
 def cifar_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
     write_fake_cifar10(root, per_batch=64)  # 320 training and 64 test images
-    return str(root)
+    with pytest.MonkeyPatch.context() as mp:
+        publish(mp, root)
+        yield str(root)
 
 
 def vgg16(root: str, steps: int, measure: dict | None = None, lr: float = 0.05, **perf) -> CellConfig:

@@ -6,54 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import TINY_DLN, tiny_spec, write_spec
 
-from analysis import query, sqlguard
+from analysis import query
 from bnsweep.cli import main
 from bnsweep.errors import UserError
 from bnsweep.records import Store, table
-
-TABLES = ("cells", "steps", "evals")
-
-ALLOWED = [
-    "SELECT * FROM cells",
-    "select status, count(*) from steps join cells using (cell_id) group by status",
-    "WITH x AS (SELECT * FROM cells) SELECT * FROM x, steps WHERE x.cell_id = steps.cell_id",
-    "SELECT extract(year FROM finished_at) FROM cells",
-    "SELECT trim(both 'x' FROM arch) FROM cells",
-    "SELECT * FROM (SELECT * FROM cells) t",
-    "SELECT * FROM cells WHERE cell_id IN (SELECT cell_id FROM steps)",
-    "SELECT 'read_csv(x)' AS a, \"read_me\" FROM cells;",
-    "SELECT * FROM cells c JOIN steps s ON c.cell_id = s.cell_id LEFT JOIN evals e USING (cell_id)",
-    "(SELECT 1)",
-    "-- a comment naming read_csv('/etc/hostname')\nSELECT 1",
-    "/* read_csv('/x') */ SELECT 1 /* and */",
-]
-REFUSED = {
-    "SELECT * FROM read_csv('/etc/hostname')": "read_csv() reads files",
-    "SELECT * FROM cells, read_csv('/etc/hostname')": "read_csv() reads files",
-    "SELECT * FROM \"Read_Parquet\"('/x')": "read_parquet() reads files",
-    "SELECT (SELECT count(*) FROM read_ipc('/etc/hostname'))": "read_ipc() reads files",
-    "SELECT * FROM cells, generate_series(1, 2)": "the table function generate_series()",
-    "SELECT * FROM somewhere('/etc')": "the table function somewhere()",
-    "COPY cells TO '/tmp/x.csv'": "not COPY",
-    "CREATE TABLE t AS SELECT * FROM cells": "not CREATE",
-    "TRUNCATE cells": "not TRUNCATE",
-    "SELECT 1; DROP TABLE cells": "more than one statement",
-    "SELECT 'unterminated": "unterminated string",
-    "/* unterminated comment": "unterminated string or comment",
-    "": "it is empty",
-}
-
-
-@pytest.mark.parametrize("sql", ALLOWED)
-def test_guard_lets_selects_through(sql):
-    sqlguard.check(sql, TABLES)
-
-
-@pytest.mark.parametrize("sql", list(REFUSED))
-def test_guard_refuses_file_access_and_other_statements(sql):
-    with pytest.raises(UserError, match="query refused") as e:
-        sqlguard.check(sql, TABLES)
-    assert REFUSED[sql] in str(e.value)
 
 
 def test_read_csv_prints_nothing_of_the_file(tmp_path, capsys):
@@ -65,7 +21,7 @@ def test_read_csv_prints_nothing_of_the_file(tmp_path, capsys):
     assert main(["query", str(tmp_path / "out"), f"SELECT * FROM read_csv('{secret}')"]) == 2
     got = capsys.readouterr()
     assert "hunter2" not in got.out + got.err and "password" not in got.out + got.err
-    assert "query refused" in got.err
+    assert "file system operations are disabled by configuration" in got.err
 
 
 def _cells_with_errors(out, n: int) -> None:

@@ -133,9 +133,9 @@ def test_cli_ls(measured_output, capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["query", "{out}", "SELECT nope FROM steps"], 'unable to find column "nope"'),
-    (["query", "{out}", "SELECT * FROM nope"], "relation 'nope' was not found; tables here: cells, steps, evals, ics"),
-    (["query", "{out}", "SELEC 1"], "sql parser error"),
+    (["query", "{out}", "SELECT nope FROM steps"], 'Referenced column "nope" not found'),
+    (["query", "{out}", "SELECT * FROM nope"], "Table with name nope does not exist!; tables here: cells, steps, evals, ics"),
+    (["query", "{out}", "SELEC 1"], 'Parser Error: syntax error at or near "SELEC"'),
     (["query", "{out}", "SELECT norm FROM steps JOIN cells USING (cell_id)"], "qualify the column (steps.norm)"),
     (["query", "{missing}", "SELECT 1"], "does not exist"),
     (["ls", "{missing}"], "does not exist"),
