@@ -28,16 +28,18 @@ GAUSS10 = DatasetInfo("gaussian_regression", (10,), 10, "regression", 64)
 
 
 def network(arch: str, norm: str, dtype=torch.float64, seed: int = 0):
-    """The paper's DLN shape (25 layers of 10x10: 2,500 weights, plus BatchNorm's affines) or vgg_mini at width 1/16."""
+    """`dln`: the paper's DLN shape (25 layers of 10x10: 2,500 weights, plus BatchNorm's affines); `dln_small`: 6 layers
+    of 10x10 (600 weights); `vgg_mini` at width 1/16 (4,726 parameters; 4,838 with BatchNorm)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    if arch == "dln":
-        model = build_model("dln", DlnOptions(depth=25, width=10, bias=False), norm_layer(norm, NORMS[norm].Options(), g), GAUSS10)
+    if arch.startswith("dln"):
+        depth = 25 if arch == "dln" else 6
+        model = build_model("dln", DlnOptions(depth=depth, width=10, bias=False), norm_layer(norm, NORMS[norm].Options(), g), GAUSS10)
         x, y, lf = torch.randn(64, 10), torch.randn(64, 10) @ torch.randn(10, 10), sse
     else:
         model = build_model("vgg_mini", VggOptions(width=1 / 16), norm_layer(norm, NORMS[norm].Options(), g), DIGITS)
         x, y, lf = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,)), torch.nn.functional.cross_entropy
-    return model.to(dtype), x.to(dtype), (y.to(dtype) if arch == "dln" else y), lf
+    return model.to(dtype), x.to(dtype), (y.to(dtype) if arch.startswith("dln") else y), lf
 
 
 def trained(model, x, y, lf, steps: int, lr: float):
@@ -74,31 +76,36 @@ def probe(model, x, y, lf, options: dict | None = None) -> tuple[dict, list]:
     return rows["curvature"][0], rng
 
 
-def assert_both_ends(row: dict, eig: torch.Tensor, tol: float = DEFAULTS.tol) -> None:
-    """Both ends within tol of the dense ones, converged, and each inside its own stated error bound."""
+def assert_both_ends(row: dict, eig: torch.Tensor, tol: float = DEFAULTS.tol, rounding: float = 1e-9) -> None:
+    """Both ends within tol of the dense ones, converged, and each inside its own stated error bound (which bounds the
+    distance to the Hessian the products compute: `rounding` x |lambda_max| more for float32 products against float64)."""
     top, bottom = eig[-1].item(), eig[0].item()
     assert row["lambda_max_converged"] and row["lambda_min_converged"], row
     assert abs(row["lambda_max"] - top) <= tol * abs(top), (row["lambda_max"], top)
     assert abs(row["lambda_min"] - bottom) <= tol * (top - bottom), (row["lambda_min"], bottom)
     # the stated bound holds: the true end lies within error x |value|
-    assert abs(row["lambda_max"] - top) <= row["lambda_max_error"] * abs(row["lambda_max"]) * (1 + 1e-6) + 1e-9 * abs(top)
-    assert abs(row["lambda_min"] - bottom) <= row["lambda_min_error"] * abs(row["lambda_min"]) * (1 + 1e-6) + 1e-9 * abs(top)
+    assert abs(row["lambda_max"] - top) <= row["lambda_max_error"] * abs(row["lambda_max"]) * (1 + 1e-6) + rounding * abs(top)
+    assert abs(row["lambda_min"] - bottom) <= row["lambda_min_error"] * abs(row["lambda_min"]) * (1 + 1e-6) + rounding * abs(top)
     assert row["lambda_max_error"] <= tol
     assert 0 < row["hvps"] <= 2 * (DEFAULTS.max_hvps + 1)
 
 
+SLOW = pytest.mark.slow  # a dense Hessian of 2,500 to 4,838 parameters: minutes on a shared 2-core machine
+
+
 @pytest.mark.parametrize("steps", [0, 20], ids=["init", "trained"])
 @pytest.mark.parametrize("norm", ["none", "batch"])
-@pytest.mark.parametrize("arch", ["dln", "vgg_mini"])
+@pytest.mark.parametrize("arch", ["dln_small", pytest.param("dln", marks=SLOW), pytest.param("vgg_mini", marks=SLOW)])
 def test_default_probe_matches_the_dense_hessian(arch, norm, steps):
     model, x, y, lf = network(arch, norm)
-    trained(model, x, y, lf, steps, lr=1e-4 if arch == "dln" else 0.05)
+    trained(model, x, y, lf, steps, lr=0.05 if arch == "vgg_mini" else 1e-4)
     before = copy.deepcopy(model)
     row, rng = probe(model, x, y, lf)
     eig = dense_spectrum(before, x, y, lf, rng)
     assert_both_ends(row, eig)
 
 
+@SLOW
 def test_batchnorm_dln_at_initialisation_has_a_negative_largest_magnitude_and_a_positive_top():
     """The case power iteration got wrong: the probe returns the positive top, not the larger negative end."""
     model, x, y, lf = network("dln", "batch")
@@ -164,16 +171,16 @@ def test_small_models_are_solved_densely():
     assert row["hvps"] == 4
 
 
-@pytest.mark.parametrize("arch", ["dln", "vgg_mini"])
+@pytest.mark.parametrize("arch", ["dln_small", pytest.param("vgg_mini", marks=SLOW)])
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_float32_products_meet_the_tolerance_against_float64(arch, norm):
     """The probe on float32 weights (the sweeps' precision) against the float64 dense Hessian of the same weights."""
     model, x, y, lf = network(arch, norm, dtype=torch.float32)
-    trained(model, x, y, lf, 10, lr=1e-4 if arch == "dln" else 0.05)
+    trained(model, x, y, lf, 10, lr=0.05 if arch == "vgg_mini" else 1e-4)
     before = copy.deepcopy(model)
     row, rng = probe(model, x, y, lf)
     eig = dense_spectrum(before, x, y, lf, rng)
-    assert_both_ends(row, eig)
+    assert_both_ends(row, eig, rounding=1e-5)  # float32 products: 1.8e-7 to 2.5e-7 relative from float64 here
 
 
 @pytest.mark.parametrize(
@@ -182,7 +189,7 @@ def test_float32_products_meet_the_tolerance_against_float64(arch, norm):
         ({"max_hvps": MAX_HVPS + 1}, f"less than or equal to {MAX_HVPS}"),
         ({"basis": MAX_LANCZOS_BASIS + 1}, f"less than or equal to {MAX_LANCZOS_BASIS}"),
         ({"basis": 2}, "greater than or equal to 3"),
-        ({"tol": 0.0}, "greater than or equal to 1e-10"),
+        ({"tol": 0.0}, "curvature.tol"),
         ({"tol": 0.5}, "less than or equal to 0.1"),
         ({"max_hvps": 10, "basis": 20}, "max_hvps (10) must be >= basis (20)"),
         ({"iterations": 20}, "iterations"),

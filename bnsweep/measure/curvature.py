@@ -171,11 +171,12 @@ class Curvature(Measurement):
 
     @staticmethod
     def summary(t: pl.LazyFrame) -> pl.LazyFrame:
-        """Per probed step: lambda_max where it converged (rows of definition 1, by power iteration, never)."""
+        """Per probed step: lambda_max where it converged, else NaN (counted as left out by the analysis); rows of
+        definition 1 (power iteration, no flag) count as unconverged."""
         import polars as pl
 
-        return (t.filter(pl.col("lambda_max_converged").fill_null(False))
-                .select("cell_id", "step", "lambda_max")
+        converged = pl.col("lambda_max_converged").fill_null(False)
+        return (t.select("cell_id", "step", lambda_max=pl.when(converged).then(pl.col("lambda_max")).otherwise(float("nan")))
                 .unpivot(index=["cell_id", "step"], variable_name="quantity"))
 
     def after_backward(self, ctx: StepContext) -> list[dict]:
