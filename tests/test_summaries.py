@@ -168,7 +168,7 @@ def test_curvature_tables_of_definition_1_still_read_and_count_as_unconverged(tm
     import pyarrow as pa
     from synthetic import cell
 
-    from bnsweep.records import Store, table
+    from bnsweep.records import table
 
     store = write_runs(str(tmp_path / "out"))
     write_measurements(store)
