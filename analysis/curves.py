@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis.groups import GROUP, attach
-from analysis.quantities import LOG_QUANTITIES, edge_of_stability
+from analysis.quantities import edge_of_stability
 from analysis.settings import DEFAULT, Settings
 from analysis.stats import seed_band
 from analysis.summaries import lr_robustness
@@ -119,15 +119,27 @@ def grad_vs_eta(tables: dict, settings: Settings = DEFAULT, norms: Norms = None,
 
 
 def curvature(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:
-    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step: geometric means over seeds; eos."""
-    parts = [_keep(tables["curvature"], tables["cells"], norms).select(*GROUP, "seed", "step", value="lambda_max")
+    """lambda_max (curvature) beside beta_eff (landscape, where present) vs step: geometric means over seeds; eos.
+
+    lambda_max is the converged probes' (rows of definition 1, by power iteration, have no flag and count as
+    unconverged). A log axis cannot place a value <= 0: such seeds, and unconverged ones, are counted per point
+    in `left_out`, and a point where every seed is left out stays, with no line value.
+    """
+    c = _keep(tables["curvature"], tables["cells"], norms)
+    converged = pl.col("lambda_max_converged").fill_null(False)
+    parts = [c.select(*GROUP, "seed", "step", value=pl.when(converged).then(pl.col("lambda_max")))
              .with_columns(quantity=pl.lit("lambda_max"))]
     if "landscape" in tables:
         beta = _keep(tables["landscape"], tables["cells"], norms).group_by(*GROUP, "seed", "step").agg(value=pl.col("beta_eff").first())
         parts.append(beta.with_columns(quantity=pl.lit("beta_eff")))
-    frame = _band(pl.concat(parts, how="diagonal_relaxed").filter(pl.col("value") > 0), "value", ["quantity", "step"],
-                  log=pl.col("quantity").first().is_in(LOG_QUANTITIES))
-    return frame.with_columns(eos=edge_of_stability(pl.col("lr")))
+    plottable = pl.col("value").is_finite().fill_null(False) & (pl.col("value") > 0).fill_null(False)
+    return (pl.concat(parts, how="diagonal_relaxed")
+            .with_columns(left_out=~plottable, value=pl.when(plottable).then(pl.col("value")))
+            .group_by(*GROUP, "quantity", "step")
+            .agg(*seed_band("value", log=True), pl.col("left_out").sum())
+            .with_columns(panel(), eos=edge_of_stability(pl.col("lr")))
+            .sort(*GROUP, "quantity", "step")
+            .collect())
 
 
 def lr_points(tables: dict, settings: Settings = DEFAULT, norms: Norms = None) -> pl.DataFrame:

@@ -54,11 +54,11 @@ def column(df: pl.DataFrame) -> alt.Column:
     return alt.Column("panel:N", title=None, sort=panels(df))
 
 
-def line_band(x: alt.X, y: str, title: str, scale=alt.Undefined, color=NORM) -> alt.LayerChart:
-    """Mean line over a min-max seed band, for use with .facet() (data goes on the layer)."""
+def line_band(x: alt.X, y: str, title: str, scale=alt.Undefined, color=NORM, more: tuple[str, ...] = ()) -> alt.LayerChart:
+    """Mean line over a min-max seed band, for use with .facet() (data goes on the layer); `more`: tooltip columns."""
     base = alt.Chart().encode(x=x, color=color)
     band = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", title=title, scale=scale), y2="hi:Q")
-    line = base.mark_line().encode(y=alt.Y(f"{y}:Q", scale=scale), tooltip=tips("norm", "step", y, "lo", "hi", "seeds"))
+    line = base.mark_line().encode(y=alt.Y(f"{y}:Q", scale=scale), tooltip=tips("norm", "step", y, "lo", "hi", "seeds", *more))
     return alt.layer(band, line)
 
 
@@ -153,7 +153,7 @@ def curvature(df: pl.DataFrame) -> alt.HConcatChart:
     """lambda_max (top Hessian eigenvalue) beside beta_eff vs step, one line per norm, log scale, with 2/lr."""
 
     def one(quantity: str) -> alt.FacetChart:
-        chart = alt.layer(line_band(STEP, "mean", quantity, scale=LOG), eos_rule()).properties(width=W, height=H)
+        chart = alt.layer(line_band(STEP, "mean", quantity, scale=LOG, more=("left_out",)), eos_rule()).properties(width=W, height=H)
         return step_panels(alt.layer(chart, data=values(df.filter(quantity=quantity))),
                            row=alt.Row("panel:N", title=None, sort=panels(df)))
 
@@ -249,7 +249,9 @@ FIGURES: dict[str, Figure] = {
         ("cells", "curvature"),
         curves.curvature,
         curvature,
-        caption=f"lines: geometric mean over seeds; bands: range over seeds; {EOS_NOTE}",
+        caption=f"lines: geometric mean over seeds; bands: range over seeds; {EOS_NOTE}; lambda_max: the largest "
+        "algebraic Hessian eigenvalue, converged probes only; left_out (tooltip): seeds at a point with no "
+        "value a log axis can place (not positive, or an unconverged probe)",
     ),
 }
 

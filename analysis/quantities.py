@@ -7,7 +7,11 @@ seed. So each is summarised per cell by robust statistics over its probed steps,
 
     median      the median over probed steps (the typical value)
     upper       the Settings.upper_quantile (0.9) quantile over probed steps (how far the spikes go)
-    above_eos   beta_eff and lambda_max only: the share of probed steps above 2/lr
+    above_eos   beta_eff and lambda_max only: the share of probed steps above 2/lr (of those with a finite
+                value: a non-positive sharpness counts, as below 2/lr)
+    probes      the probed steps in the window; left_out: those not in median and upper (a value that is not
+                finite, such as an unconverged curvature probe, or not positive for a log-scale quantity),
+                summed over seeds in the smoothness table, never dropped unseen
 
 With at least 11 probed steps a single spike cannot move the upper statistic beyond the next-highest
 probed value (the 0.9 quantile interpolates between order statistics below the largest).
@@ -55,7 +59,9 @@ QUANTITIES: dict[str, Quantity] = {
     "lambda_max": Quantity("curvature", log=True, eos=True),
 }
 SHARE = "above_eos"
-STATISTICS = ("median", "upper", SHARE)
+PROBES, LEFT_OUT = "probes", "left_out"  # probed steps, and those not in median and upper (not finite; not positive on a log scale)
+COUNTS = (PROBES, LEFT_OUT)
+STATISTICS = ("median", "upper", SHARE, *COUNTS)
 LOG_QUANTITIES = tuple(q for q, v in QUANTITIES.items() if v.log)
 EOS_QUANTITIES = tuple(q for q, v in QUANTITIES.items() if v.eos)
 

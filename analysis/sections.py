@@ -10,6 +10,7 @@ from analysis.figures import Figure
 from analysis.groups import GROUP
 from analysis.html import esc, table
 from analysis.progress import STARTED, SweepState
+from analysis.quantities import COUNTS, LEFT_OUT, PROBES
 from analysis.settings import Settings
 from analysis.stats import fmt_ci
 from bnsweep.console import fmt
@@ -142,7 +143,8 @@ def smoothness_section(smooth: pl.DataFrame, s: Settings) -> str:
     head = "<h2 id='smoothness'>Smoothness and internal covariate shift</h2>"
     if smooth.is_empty():
         return head + "<p class='note'>Not measured in this output: add a <code>measure:</code> block with landscape, ics or curvature.</p>"
-    text = pl.struct("estimate", "lo", "hi", "seeds").map_elements(lambda r: fmt_ci(*r.values()), return_dtype=pl.String)
+    ci = pl.struct("estimate", "lo", "hi", "seeds").map_elements(lambda r: fmt_ci(*r.values()), return_dtype=pl.String)
+    text = pl.when(pl.col("statistic").is_in(COUNTS)).then(pl.col("estimate").cast(pl.Int64).cast(pl.String)).otherwise(ci)
     keys = ["arch", "norm", "lr", "setting", "quantity", "layer", "window"]
     wide = (
         smooth.with_columns(text=text)
@@ -160,13 +162,16 @@ def smoothness_section(smooth: pl.DataFrame, s: Settings) -> str:
         ("median over probed steps", lambda r: r.get("median") or "-"),
         (f"upper ({s.upper_quantile:g} quantile)", lambda r: r.get("upper") or "-"),
         ("share above 2/lr", lambda r: r.get("above_eos") or "-"),
+        ("left out / probed steps (all seeds)", lambda r: f"{r.get(LEFT_OUT) or 0} / {r.get(PROBES) or 0}"),
     ]
     return (
         head + f"<p>Per cell, statistics over its probed steps, {esc('early')} (first {s.early_fraction:.0%} of steps) "
         "and overall; then the geometric mean over seeds for log-scale quantities (the mean for ICS cosine and "
         "shares) [95 % CI] (n seeds); see <a href='#method'>method</a>. gradient predictiveness = max over eta of "
         "||grad(w) - grad(w - eta g)||; loss band = max / min loss over eta; ICS per layer; lambda_max = top "
-        "Hessian eigenvalue.</p>" + table(wide.to_dicts(), cols)
+        "Hessian eigenvalue (largest algebraic, converged probes only). Left out of median and upper, and counted: "
+        "values that are not finite (an unconverged curvature probe) and non-positive values of log-scale "
+        "quantities; the share above 2/lr counts every finite value.</p>" + table(wide.to_dicts(), cols)
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis.groups import GROUP, label
-from analysis.quantities import EOS_QUANTITIES, LOG_QUANTITIES, SHARE
+from analysis.quantities import COUNTS, EOS_QUANTITIES, LEFT_OUT, LOG_QUANTITIES, PROBES, SHARE, edge_of_stability
 from analysis.settings import DEFAULT, Settings
 from analysis.stats import flatten, seed_ci
 from bnsweep.layout import RESULT
@@ -45,8 +45,10 @@ SCHEMA = {
 
 def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> pl.DataFrame:
     """Per (cell, quantity, layer, window, statistic): median and upper quantile over the cell's probed steps, and
-    for beta_eff and lambda_max the share of probed steps above 2/lr. Non-finite values are dropped, and
-    non-positive ones of log-scale quantities."""
+    for beta_eff and lambda_max the share of probed steps above 2/lr; `probes` (probed steps in the window) and
+    `left_out` (those not in the median and upper: a value that is not finite, such as an unconverged curvature
+    probe, or not positive for a log-scale quantity). Nothing is dropped unseen: the share above 2/lr counts
+    every finite value (a non-positive sharpness is below 2/lr), and `left_out` counts the rest."""
     parts = [f(tables[name]) for name, f in TABLES.items() if name in tables]
     if not parts or "cells" not in tables:
         return pl.DataFrame(schema=PER_CELL_SCHEMA)
@@ -54,19 +56,21 @@ def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> p
     long = pl.concat(parts, how="diagonal_relaxed")
     if "layer" not in long.collect_schema().names():  # no per-layer table here
         long = long.with_columns(layer=pl.lit(None, dtype=pl.Int64))
-    long = long.filter(
-        pl.col("value").is_finite() & (~pl.col("quantity").is_in(LOG_QUANTITIES) | (pl.col("value") > 0))
-    ).join(cells, on="cell_id")
+    long = long.join(cells, on="cell_id")
     early = long.filter(pl.col("step") < settings.early_fraction * pl.col("steps")).with_columns(window=pl.lit("early"))
     keys = [*GROUP, "seed", "cell_id", "quantity", "layer", "window"]
     eos = pl.col("quantity").is_in(EOS_QUANTITIES)
+    finite = pl.col("value").is_finite()
+    usable = finite & (~pl.col("quantity").is_in(LOG_QUANTITIES) | (pl.col("value") > 0))  # a log needs a positive value
+    used = pl.col("value").filter(usable)
     return (
         pl.concat([long.with_columns(window=pl.lit("overall")), early])
         .group_by(keys)
         .agg(
-            median=pl.col("value").median(),
-            upper=pl.col("value").quantile(settings.upper_quantile, "linear"),
-            **{SHARE: pl.when(eos.first()).then((pl.col("value") > 2.0 / pl.col("lr")).mean())},
+            median=used.median(),
+            upper=used.quantile(settings.upper_quantile, "linear"),
+            **{SHARE: pl.when(eos.first()).then((pl.col("value") > edge_of_stability(pl.col("lr"))).filter(finite).mean())},
+            **{PROBES: pl.len().cast(pl.Float64), LEFT_OUT: (~usable).sum().cast(pl.Float64)},
         )
         .unpivot(index=keys, variable_name="statistic")
         .filter(pl.col("value").is_not_null())
@@ -89,21 +93,24 @@ def smoothness(
     if per.is_empty():
         return pl.DataFrame(schema=SCHEMA)
     keys = [*GROUP, "quantity", "layer", "window", "statistic"]
+    counts = pl.col("statistic").is_in(COUNTS)
     per = per.with_columns(
         log=pl.col("quantity").is_in(LOG_QUANTITIES) & (pl.col("statistic") != SHARE)
     )  # on_log_scale
     parts = [
         per.lazy()
-        .filter(pl.col("log") == is_log)
+        .filter(~counts, pl.col("log") == is_log)
         .group_by(keys)
         .agg(seed_ci("value", centre, settings))
         .with_columns(centre=pl.lit(centre))
-        for is_log, centre in ((True, "geomean"), (False, "mean"))
-    ]
-    return (
-        pl.concat(parts)
         .pipe(flatten, "value")
         .rename({"value": "estimate", "value_lo": "lo", "value_hi": "hi", "value_n": "seeds"})
+        for is_log, centre in ((True, "geomean"), (False, "mean"))
+    ]
+    total = (per.lazy().filter(counts).group_by(keys)  # counts add up over seeds: no interval
+             .agg(estimate=pl.col("value").sum(), seeds=pl.len()).with_columns(centre=pl.lit("sum")))
+    return (
+        pl.concat([*parts, total], how="diagonal_relaxed")
         .select(list(SCHEMA))
         .cast(SCHEMA)
         .sort(keys, nulls_last=True)

@@ -122,7 +122,8 @@ def _measurements(store: Store, c, probes: np.ndarray, rng) -> None:
     )
     q = {k: rng.normal(size=len(two)).tolist() for k in ("mean", "var", "q05", "q25", "q50", "q75", "q95")}
     store.write("activations", c, table("activations", c, {"step": two.tolist(), "layer": [3, 11] * len(probes), **q}))
-    store.write("curvature", c, table("curvature", c, {"step": probes.tolist(), "lambda_max": (10 + rng.random(len(probes))).tolist()}))
+    store.write("curvature", c, table("curvature", c, {"step": probes.tolist(), "lambda_max": (10 + rng.random(len(probes))).tolist(),
+                                                          "lambda_max_converged": [True] * len(probes)}))
 
 
 def timed(fn) -> float:

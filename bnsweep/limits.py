@@ -19,6 +19,10 @@ MAX_DEPTH = 10**3  # DLN layers; the paper uses 25
 MAX_VGG_WIDTH = 64.0  # VGG channel multiplier: up to 32,768 channels
 MAX_PARAMETERS = 10**9  # trainable values of one model: 4 GB of float32, before gradients and probes
 
+MAX_HVPS = 10_000  # Hessian-vector products per end of a curvature probe: VGG-16 at ~10 ms each on a GPU, 100 s
+MAX_LANCZOS_BASIS = 100  # Lanczos vectors held on the host: (basis + 3) x parameters x 8 bytes (12 GB for VGG-16)
+MIN_CURVATURE_TOL = 1e-10  # float64 products reach 1e-12; a tolerance below what the products resolve only burns the budget
+
 MAX_SPEC_BYTES = 10 * 2**20  # a sweep file is read whole
 MAX_YAML_NODES = 10**6  # scalars + collections after every alias is expanded (a billion-laughs file needs 10^9)
 MAX_YAML_DEPTH = 100  # nesting of collections; a spec needs about 6

@@ -79,7 +79,8 @@ def write_measurements(store: Store) -> None:
     batch: beta_eff (4 + s, 2, 2, 2), loss over eta (1, 2, 4) -> band 4, grad_diff_l2 over eta (0.1, 0.2, 0.3 + s)
     none:  beta_eff (10 (4 + s), 20, 20, 20), loss over eta (1, 10, 100) -> band 100, grad_diff_l2 (1, 2, 10 (0.3 + s))
     and one probe per step-50 row set whose loss is inf (dropped from the bands).
-    ics layer 2: l2 = 5 + s (batch), 1 + s (none); cosine 0.1 (batch), 0.9 (none). lambda_max = 10 * (s + 1) (batch), 100 (none).
+    ics layer 2: l2 = 5 + s (batch), 1 + s (none); cosine 0.1 (batch), 0.9 (none). lambda_max = 10 * (s + 1) (batch), 100 (none)
+    at steps 0 and 50; batch seed 0 also has an unconverged probe (NaN) at step 10 and lambda_max = -5 at step 90.
     """
     probes = [0, 10, 50, 90]
     for norm, k in (("batch", 1.0), ("none", 10.0)):
@@ -98,9 +99,12 @@ def write_measurements(store: Store) -> None:
             store.write("landscape", c, table("landscape", c, rows))
             store.write("ics", c, table("ics", c, {"step": probes, "layer": [2] * 4, "l2": [(5 + s if norm == "batch" else 1 + s)] * 4,
                                                    "cosine": [0.1 if norm == "batch" else 0.9] * 4}))
-            store.write(
-                "curvature", c, table("curvature", c, {"step": [0, 50], "lambda_max": [10.0 * (s + 1) if norm == "batch" else 100.0] * 2})
-            )
+            lam = 10.0 * (s + 1) if norm == "batch" else 100.0
+            curv = {"step": [0, 50], "lambda_max": [lam] * 2, "lambda_max_converged": [True] * 2}
+            if norm == "batch" and s == 0:  # a probe out of budget at step 10, every eigenvalue negative at step 90
+                curv = {"step": [0, 10, 50, 90], "lambda_max": [lam, float("nan"), lam, -5.0],
+                        "lambda_max_converged": [True, False, True, True]}
+            store.write("curvature", c, table("curvature", c, curv))
 
 
 def landscape_draws(

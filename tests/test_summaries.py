@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 from synthetic import SWEEP, write_measurements, write_runs
 
-from analysis import load, smoothness, summaries
+from analysis import curves, load, smoothness, summaries
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,40 @@ def test_smoothness_geometric_means_and_cis(out):
 def test_smoothness_without_measurements_is_empty(out):
     sm = smoothness.smoothness({"cells": load.table(out, "cells", SWEEP)})
     assert sm.is_empty() and {"estimate", "lo", "hi", "seeds", "window", "statistic"} <= set(sm.columns)
+
+
+def test_unconverged_and_non_positive_sharpness_is_counted_not_dropped(out):
+    """batch seed 0 (tests/synthetic.py): lambda_max 10 at steps 0 and 50, unconverged (NaN) at 10, -5 at 90."""
+    per = smoothness.per_cell(load.tables(out, SWEEP))
+    r = lambda statistic: row(per, norm="batch", seed=0, quantity="lambda_max", statistic=statistic, window="overall")["value"]
+    assert (r("probes"), r("left_out"), r("median")) == (4, 2, 10.0)
+    assert r("above_eos") == pytest.approx(2 / 3)  # -5 is below 2/lr = 4 and counts; the unconverged probe has no value
+    sm = smoothness.smoothness(load.tables(out, SWEEP))
+    total = lambda statistic: row(sm, arch="vgg", norm="batch", lr=0.5, quantity="lambda_max", statistic=statistic, window="overall")
+    assert (total("left_out")["estimate"], total("probes")["estimate"], total("left_out")["seeds"]) == (2, 8, 3)
+    assert total("left_out")["centre"] == "sum" and total("left_out")["lo"] is None
+    assert row(sm, arch="vgg", norm="none", lr=0.5, quantity="lambda_max", statistic="left_out", window="overall")["estimate"] == 0
+    pts = curves.curvature(load.tables(out, SWEEP)).filter(quantity="lambda_max", norm="batch")
+    assert dict(zip(pts["step"], pts["left_out"])) == {0: 0, 10: 1, 50: 0, 90: 1}
+    assert dict(zip(pts["step"], pts["seeds"])) == {0: 3, 10: 0, 50: 3, 90: 0}
+
+
+def test_curvature_tables_of_definition_1_still_read_and_count_as_unconverged(tmp_path):
+    """A table written by power iteration (lambda_max, iterations, rel_change; no flags) reads, its rows left out."""
+    import pyarrow as pa
+    from synthetic import cell
+
+    from bnsweep.records import table
+
+    store = write_runs(str(tmp_path / "out"))
+    write_measurements(store)
+    c = cell("vgg", "none", 0.5, 0)
+    new = table("curvature", c, {"step": [0, 50], "lambda_max": [-40.0, 100.0]})
+    old = new.select([n for n in new.column_names if not n.startswith(("lambda_m", "hvps"))])
+    old = old.append_column("lambda_max", pa.array([-40.0, 100.0])).append_column("iterations", pa.array([20, 20]))
+    store.write("curvature", c, old.append_column("rel_change", pa.array([1e-2, 1e-3])))
+    t = load.table(str(tmp_path / "out"), "curvature", SWEEP).filter(pl.col("cell_id") == c.cell_id).collect()
+    assert t["lambda_max"].to_list() == [-40.0, 100.0] and t["lambda_max_converged"].null_count() == 2
+    per = smoothness.per_cell(load.tables(str(tmp_path / "out"), SWEEP))
+    r = lambda statistic: row(per, norm="none", seed=0, quantity="lambda_max", statistic=statistic, window="overall")["value"]
+    assert (r("probes"), r("left_out")) == (2, 2)
