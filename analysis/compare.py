@@ -17,7 +17,7 @@ p-values: `p` for the claim, `p_against` for its negation beyond the margin:
     not_lower     a - b > -m   (non-inferiority)  a - b < -m
     equivalent    -m < a - b < m   (TOST)         a - b > m or a - b < -m  (disjoint: the smaller p)
 
-`equivalent` is statsmodels' two one-sided tests (ttost_ind, Welch). `not_lower` is one of its two
+`equivalent` is the two one-sided tests (TOST) as statsmodels' ttost_ind computes them (Welch). `not_lower` is one of its two
 halves: the paper claims BatchNorm's ICS is similar or higher, so higher must not count against it.
 
 Levels: each one-sided test is run at Settings.alpha = 0.025, so `p <= alpha` exactly when the
@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 TESTS = ("lower", "higher", "not_lower", "equivalent")
 MAX_SEEDS = 1000  # beyond this an estimate says "more than 1000"
@@ -59,11 +59,12 @@ class Result:
     seeds_needed: int | None = None  # rates only; for means see seeds_needed() (solved only where a verdict needs it)
 
 
-def _welch(a: np.ndarray, b: np.ndarray, shift: float, alternative: str) -> float:
-    """One-sided Welch p-value of H1: mean(a) - mean(b) `alternative` -shift (i.e. a + shift vs b)."""
-    if np.var(a) == 0 and np.var(b) == 0:  # no spread: the t statistic is undefined
+def _one_sided(d: float, se: float, df: float, shift: float, upper: bool) -> float:
+    """Welch p-value of H1: mean(a) - mean(b) > -shift (upper) or < -shift, from ttest_ind's standard error and df."""
+    if not se > 0:  # no spread: the t statistic is undefined
         return math.nan
-    return float(stats.ttest_ind(a + shift, b, equal_var=False, alternative=alternative).pvalue)
+    t = (d + shift) / se
+    return float(special.stdtr(df, -t) if upper else special.stdtr(df, t))
 
 
 def _distances(test: str, d: float, m: float) -> tuple[float, float]:
@@ -90,29 +91,31 @@ def _needed(power, effect_sizes: list[float], alpha: float) -> int | None:
 
 
 def means(a, b, test: str, margin: float, alpha: float = 0.025, confidence: float = 0.95) -> Result:
-    """Claim `test` about a vs b from their finite per-seed values (>= 2 on each side)."""
-    from statsmodels.stats.weightstats import ttost_ind
+    """Claim `test` about a vs b from their finite per-seed values (>= 2 on each side).
 
+    One scipy.stats.ttest_ind (Welch) gives the interval, the standard error and Satterthwaite's df; each
+    one-sided test, shifted by the margin where its hypothesis says so, is a Student t tail at that df (as
+    statsmodels' ttost_ind computes TOST; tests/test_claims.py checks both against it)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if min(len(a), len(b)) < 2:
         raise ValueError("a comparison needs at least 2 finite values on each side")
     d, m = float(a.mean() - b.mean()), margin
-    if np.var(a) == 0 and np.var(b) == 0:
-        lo = hi = d
-    else:
-        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    if se > 0:
+        res = stats.ttest_ind(a, b, equal_var=False)
+        ci, df = res.confidence_interval(confidence), float(res.df)
         lo, hi = float(ci.low), float(ci.high)
-    if test == "lower":
-        p, against = _welch(a, b, 0.0, "less"), _welch(a, b, m, "greater")
-    elif test == "higher":
-        p, against = _welch(a, b, 0.0, "greater"), _welch(a, b, -m, "less")
-    elif test == "not_lower":
-        p, against = _welch(a, b, m, "greater"), _welch(a, b, m, "less")
-    elif test == "equivalent":
-        flat = np.var(a) == 0 and np.var(b) == 0
-        p = math.nan if flat else float(ttost_ind(a, b, -m, m, usevar="unequal")[0])
-        against = min(_welch(a, b, -m, "greater"), _welch(a, b, m, "less"))
     else:
+        lo = hi = d
+        df = len(a) + len(b) - 2.0
+    tail = lambda shift, upper: _one_sided(d, se, df, shift, upper)
+    p, against = {
+        "lower": (tail(0.0, False), tail(m, True)),
+        "higher": (tail(0.0, True), tail(-m, False)),
+        "not_lower": (tail(m, True), tail(m, False)),
+        "equivalent": (max(tail(m, True), tail(-m, False)), min(tail(-m, True), tail(m, False))),
+    }.get(test, (None, None))
+    if p is None:
         raise ValueError(f"unknown test {test!r}; known: {', '.join(TESTS)}")
     return Result(d, lo, hi, len(a), len(b), p, against)
 
@@ -165,6 +168,8 @@ def holm(p: list[float], alpha: float) -> tuple[list[bool], list[float]]:
 
     if not p:
         return [], []
+    if len(p) == 1:  # Holm over one test is that test (and multipletests' gc.collect() costs 0.4 s a call)
+        return [bool(p[0] <= alpha)], [1.0 if not math.isfinite(p[0]) else float(p[0])]
     clean = [1.0 if not math.isfinite(x) else x for x in p]
     reject, adjusted, _, _ = multipletests(clean, alpha=alpha, method="holm")
     return [bool(x) for x in reject], [float(x) for x in adjusted]

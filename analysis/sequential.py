@@ -1,7 +1,7 @@
 """Verdicts under optional stopping: `bnsweep run SPEC --until-decided` looks at the claims after each round of seeds.
 
     design = Design(first=8, step=8, max_seeds=32)   # looks at 8, 16, 24, 32 seeds per group
-    sequential.decide(spec, data, design)             # the verdict of one claim: its first look that decides
+    sequential.decide(spec, rows_at, design)          # the verdict of one claim: its first look that decides
 
 Error control: group-sequential alpha spending. Each look k (at n_k seeds per group, fixed by the
 design before any data) tests at its own level alpha_k = f(t_k) - f(t_k-1), t = n / max_seeds, with
@@ -73,11 +73,13 @@ def _n(v: verdicts.Verdict) -> tuple:
     return (r.n_a, r.n_b) if r is not None else ()
 
 
-def decide(spec: ClaimSpec, data: claims.Data, design: Design, s: Settings = DEFAULT, estimate: bool = True) -> verdicts.Verdict:
-    """The claim's verdict at its first deciding look; undecided: at the last look its primary's groups reached."""
+def decide(spec: ClaimSpec, rows_at, design: Design, s: Settings = DEFAULT) -> verdicts.Verdict:
+    """The claim's verdict at its first deciding look; undecided: at the last look its primary's groups reached.
+
+    `rows_at(n, alpha)`: the claim's comparisons on the first n seeds of each group, tested at `alpha`."""
     last = None
     for k, (n, alpha) in enumerate(zip(design.looks(), design.alphas(s.alpha))):
-        v = verdicts.judge(spec, claims.rows(spec, data.first(n), alpha, estimate), s, alpha)
+        v = verdicts.judge(spec, rows_at(n, alpha), s, alpha)
         v.look = k
         if last is not None and _n(v) == _n(last):  # no seeds came for this look: the claim stopped before it
             return last
@@ -89,7 +91,8 @@ def decide(spec: ClaimSpec, data: claims.Data, design: Design, s: Settings = DEF
 
 def verdicts_of(outcomes: pl.DataFrame, smooth: pl.DataFrame, design: Design, s: Settings = DEFAULT) -> list[verdicts.Verdict]:
     data = claims.Data(outcomes, smooth, s)
-    return [decide(spec, data, design, s) for spec in CLAIMS.values()]
+    return [decide(spec, lambda n, alpha, spec=spec: claims.rows(spec, data.first(n), alpha), design, s)
+            for spec in CLAIMS.values()]
 
 
 def report_verdicts(outcomes: pl.DataFrame, smooth: pl.DataFrame, store, sweep: str,

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
+from statsmodels.stats.weightstats import ttost_ind
 from synthetic import SWEEP, write_measurements, write_runs
 
 from analysis import claims, compare, load, outcomes, smoothness, verdicts
@@ -163,6 +164,7 @@ def test_tost_and_one_sided_tests_match_their_formulas(seed):
     assert low.p == pytest.approx(welch_p(a, b, 0, False)) and low.p_against == pytest.approx(welch_p(a, b, m, True))
     ni = compare.means(a, b, "not_lower", m)
     assert ni.p == pytest.approx(welch_p(a, b, m, True)) and ni.p_against == pytest.approx(welch_p(a, b, m, False))
+    assert eq.p == pytest.approx(ttost_ind(a, b, -m, m, usevar="unequal")[0], rel=1e-9)  # statsmodels' TOST
     # the 95 % interval and the one-sided tests at 0.025 agree
     assert (low.p <= 0.025) == (low.hi < 0) and (eq.p <= 0.025) == (-m < eq.lo and eq.hi < m)
 
