@@ -43,10 +43,10 @@ def cmd_run(args) -> int:
 
     if args.log_dir and not args.log:
         raise UserError(f"--log-dir {args.log_dir}: it is the folder of --log output; give --log {'|'.join(LOGGERS)} too")
-    spec, cells = load_cells(args.spec, args.max_cells)
-    ensure_data(c.dataset for c in cells)
     if args.max_seeds is not None and not args.until_decided:
         raise UserError(f"--max-seeds {args.max_seeds}: it bounds --until-decided; give --until-decided too")
+    spec, cells = load_cells(args.spec, args.max_cells)
+    ensure_data(c.dataset for c in cells)
     with StopOnInterrupt():
         go = lambda todo: runner.run(todo, spec.output, address=args.address, max_concurrent=args.max_concurrent,
                                      log=args.log or [], log_dir=args.log_dir)
