@@ -2,7 +2,8 @@
 
     report.html                  self-contained: summaries, claims, every figure (no network needed)
     figures/<name>.{svg,png,vl.json}
-    tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, smoothness_cells, claims
+    tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, smoothness_cells, claims (one row per
+                                 comparison), claim_verdicts (one row per claim)
 
 Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that spec's sweep and cells
 (the cell ids it expands to) are reported, whatever else the output holds.
@@ -18,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import vl_convert as vlc
 
-from analysis import claims, figures, groups, load, progress, smoothness, summaries
+from analysis import claims, figures, groups, load, outcomes, progress, sequential, smoothness, summaries
 from analysis.html import VL_VERSION, esc, page
 from analysis.sections import (
     claims_section,
@@ -112,14 +113,14 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     cells, evals = tables["cells"], tables["evals"]
     state = progress.state(load.store(output), sweep, load.table(output, "cells", sweep).select("cell_id", "status").collect())
     out.note = state.line()
-    results = summaries.cell_results(cells, evals, settings).collect()
     rob = summaries.lr_robustness(cells, evals, settings)
     ranges = summaries.robust_range(rob)
     per_cell = smoothness.per_cell(tables, settings)
     smooth = smoothness.smoothness(tables, settings, per_cell)
-    found = claims.check(results, rob, ranges, per_cell, settings)
+    found, seq = sequential.report_verdicts(outcomes.per_cell(cells, evals, settings), per_cell, load.store(output), sweep,
+                                            settings)
     frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "smoothness_cells": per_cell,
-              "claims": claims.frame(found)}
+              "claims": claims.frame(found), "claim_verdicts": claims.verdict_frame(found)}
     _tables(folder, frames)
     lap("summaries")
 
@@ -141,7 +142,7 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     body = "".join([
         overview(sweep, output, cells, tables, settings),
         progress_section(state),
-        claims_section(found),
+        claims_section(found, seq),
         method_section(settings),
         range_section(ranges),
         robustness_section(rob, settings),

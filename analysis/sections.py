@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analysis import compare, quantities
-from analysis.claims import Claim
+from analysis import compare, quantities, sequential, verdicts
 from analysis.figures import Figure
 from analysis.groups import GROUP
 from analysis.html import esc, table
@@ -13,6 +12,7 @@ from analysis.progress import STARTED, SweepState
 from analysis.quantities import COUNTS, LEFT_OUT, PROBES
 from analysis.settings import Settings
 from analysis.stats import fmt_ci
+from analysis.verdicts import Verdict
 from bnsweep.console import fmt
 
 SETTING = ("setting", lambda r: r["setting"] or "-")
@@ -65,31 +65,48 @@ def progress_section(st: SweepState) -> str:
             "and will change as the others finish.</p>" + table(st.unfinished, cols))
 
 
-def claims_section(found: list[Claim]) -> str:
-    def verdict(c: Claim) -> str:
-        note = f"<p class='note'>{esc(c.note)}</p>" if c.note else ""
-        return f"<span class='{c.verdict.replace(' ', '-')}'>{esc(c.verdict)}</span>{note}"
-    rows = "".join(f"<tr><td>{esc(c.figure)}</td><td>{esc(c.text)}</td><td>{verdict(c)}</td><td>"
-                   + ("<ul>" + "".join(f"<li>{esc(e)}</li>" for e in c.evidence) + "</ul>" if c.evidence else "")
-                   + (f"<p class='note'>Missing: {esc(c.missing)}.</p>" if c.missing else "") + "</td></tr>" for c in found)
+def claims_section(found: list[Verdict], design=None) -> str:
+    """Per claim its verdict and reason, then every comparison: role, where, n, effect [95 % interval], p, outcome."""
+    how = (f"Sequential seeds (<code>run --until-decided</code>): looks at {esc(', '.join(map(str, design.looks())))} seeds "
+           "per group, each at its share of alpha (<a href='#method'>method</a>); a claim is decided at its first deciding "
+           "look. " if design is not None else "")
+    cols = [("role", lambda r: r.role), ("comparison", lambda r: r.name()), ("test", lambda r: r.declared.test),
+            ("n", lambda r: f"{r.result.n_a}, {r.result.n_b}" if r.result else "-"),
+            ("effect [95 % interval]", lambda r: r.effect()),
+            ("p (adjusted)", lambda r: _p(r.result.p if r.result else None, r.p_adjusted)),
+            ("p against (adjusted)", lambda r: _p(r.result.p_against if r.result else None, r.p_against_adjusted)),
+            ("outcome", lambda r: r.outcome if r.informative else "not informative"), ("reason", lambda r: r.reason)]
+    blocks = "".join(
+        f"<h3 id='claim-{esc(v.spec.id)}'>{esc(v.spec.id)} ({esc(v.spec.figure)}): "
+        f"<span class='{v.verdict.replace(' ', '-')}'>{esc(v.verdict)}</span></h3>"
+        f"<p>{esc(v.spec.text)}</p><p class='note'>{esc(v.reason)}"
+        + (f" (decided at look {v.look})" if design is not None and v.look is not None else "") + "</p>"
+        + (table(v.rows, cols) if v.rows else "")
+        for v in found)
     return ("<h2 id='claims'>The paper's claims, checked against this sweep</h2>"
-            "<p>Each comparison is decided by the interval of the difference between the groups over seeds "
-            "(<a href='#method'>method</a>): <i>supported</i>, <i>contradicted</i> (the opposite, or equal within the "
-            "margin), <i>inconclusive</i> (the interval allows both; the seeds that would likely settle it are an "
-            "estimate), or <i>not measured</i>.</p>"
-            "<table><thead><tr><th>figure</th><th>claim</th><th>verdict</th><th>evidence (per group: centre over seeds "
-            "(n); difference or ratio [interval]: outcome)</th></tr>"
-            f"</thead><tbody>{rows}</tbody></table>")
+            f"<p>{how}Each claim is declared in <code>analysis/declared.py</code> before any data is read: its primary "
+            "comparison decides it (one-sided tests at alpha 0.025, so a verdict agrees with the 95 % interval shown; "
+            "TOST for equality claims); an informative secondary that significantly says the opposite after Holm's "
+            "correction withholds it. A comparison with a dead or diverged side, or with both sides at the metric's "
+            "ceiling, is not informative and counts towards nothing. Effects are mean(a) - mean(b) on the metric's scale; "
+            "log-scale metrics show the ratio of geometric means. See docs/verdicts.md.</p>" + blocks)
+
+
+def _p(p: float | None, adjusted: float) -> str:
+    if p is None or p != p:
+        return "-"
+    return f"{p:.2g}" + (f" ({adjusted:.2g})" if adjusted == adjusted and abs(adjusted - p) > 1e-12 else "")
 
 
 def method_section(s: Settings) -> str:
-    """The statistics, as stated once in analysis/quantities.py and analysis/compare.py, with this report's settings."""
+    """The statistics, as stated once in analysis/quantities.py, compare.py, verdicts.py and sequential.py."""
     used = (f"This report: confidence {s.confidence:.0%}, {s.resamples} resamples (generator seed {s.seed}), "
             f"upper quantile {s.upper_quantile:g}, early window the first {s.early_fraction:.0%} of steps, margins "
-            f"{s.accuracy_tolerance:g} accuracy points and a factor {s.factor_tolerance:g}, at least {s.min_seeds} seeds "
-            "per side.")
+            f"{s.accuracy_tolerance:g} accuracy points, a factor {s.factor_tolerance:g} and {s.rate_margin:g} of a rate, "
+            f"each one-sided test at {s.alpha:g}, at least {max(s.min_seeds, 2)} seeds per side.")
     return ("<h2 id='method'>How the numbers are computed</h2>"
-            f"<p>{esc(used)}</p><pre>{esc(quantities.__doc__)}</pre><pre>{esc(compare.__doc__)}</pre>")
+            f"<p>{esc(used)}</p><pre>{esc(quantities.__doc__)}</pre><pre>{esc(compare.__doc__)}</pre>"
+            f"<pre>{esc(verdicts.__doc__)}</pre><pre>{esc(sequential.__doc__)}</pre>")
 
 
 def range_section(ranges: pl.DataFrame) -> str:

@@ -58,6 +58,8 @@ def cmd_run(args) -> int:
 
     if args.log_dir and not args.log:
         raise UserError(f"--log-dir {args.log_dir}: it is the folder of --log output; give --log {'|'.join(LOGGERS)} too")
+    if args.max_seeds is not None and not args.until_decided:
+        raise UserError(f"--max-seeds {args.max_seeds}: it bounds --until-decided; give --until-decided too")
     spec, cells = load_cells(args.spec, args.max_cells)
     ensure_data(c.dataset for c in cells)
     if args.address is None:
@@ -65,9 +67,14 @@ def cmd_run(args) -> int:
 
         check_local_ray()
     with quiet_when_closed(), StopOnInterrupt():  # `run | head -1` does not stop the sweep
+        go = lambda todo: runner.run(todo, spec.output, address=args.address, max_concurrent=args.max_concurrent,
+                                     log=args.log or [], log_dir=args.log_dir)
         try:
-            outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent,
-                                 log=args.log or [], log_dir=args.log_dir)
+            if args.until_decided:  # rounds of seeds until the claims are decided (bnsweep/until_decided.py)
+                from bnsweep import until_decided
+
+                return until_decided.run(spec, cells, args.max_seeds, go)
+            outcome = go(cells)
         except LeaseLost as e:  # another driver runs the sweep now: no summary of a sweep this driver no longer owns
             print(f"error: {e}", file=sys.stderr)
             return interrupt.LOST_STATUS
@@ -301,6 +308,10 @@ def parser() -> argparse.ArgumentParser:
                    help="also stream each cell's evaluations to this tool, through Ray Tune's logger callback (repeatable)")
     r.add_argument("--log-dir", type=_path,
                    help="folder for --log output (default OUTPUT/_logs/SWEEP; needed when the output is an object store)")
+    r.add_argument("--until-decided", action="store_true",
+                   help="after the grid, add seeds in rounds to the groups undecided claims need, until each is decided")
+    r.add_argument("--max-seeds", type=_count(2), default=None, help="--until-decided stops at this many seeds per group "
+                   "(default 4x the spec's)")
     _max_cells(r)
     r.set_defaults(fn=cmd_run)
     for name, fn, text in (

@@ -1,133 +1,189 @@
-"""Claim verdicts on tables with known answers: supported, contradicted, inconclusive, never one from too few seeds."""
+"""Claim verdicts: declared comparisons on tables with known answers, the non-informative conditions on hand-made
+tables, and the tests (TOST, Welch, Holm) against numbers computed here from their textbook formulas."""
+
+import math
 
 import numpy as np
 import polars as pl
 import pytest
+from scipy import stats
+from statsmodels.stats.weightstats import ttost_ind
 from synthetic import SWEEP, write_measurements, write_runs
 
-from analysis import claims, load, ranges, smoothness, summaries
-from analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_MEASURED, SUPPORTED
-
-
-def check(out, **kw):
-    tables = load.tables(out, SWEEP)
-    res = summaries.cell_results(tables["cells"], tables["evals"])
-    rob = summaries.lr_robustness(tables["cells"], tables["evals"])
-    found = claims.check(res, rob, summaries.robust_range(rob), smoothness.per_cell(tables), **kw)
-    assert [c.id for c in found] == list(claims.CLAIMS)
-    return {c.id: c for c in found}
+from analysis import claims, compare, load, outcomes, smoothness, verdicts
+from analysis.claims import INCONCLUSIVE, NOT_MEASURED, SUPPORTED
+from analysis.declared import CLAIMS
+from analysis.verdicts import CONTRADICTED_BY, NOT_INFORMATIVE, TOO_FEW
 
 
 @pytest.fixture(scope="module")
 def found(tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn") / "out"
-    write_measurements(write_runs(str(out)))
-    return check(str(out))
+    out = str(tmp_path_factory.mktemp("syn") / "out")
+    write_measurements(write_runs(out))
+    t = load.tables(out, SWEEP)
+    found = claims.check(outcomes.per_cell(t["cells"], t["evals"]), smoothness.per_cell(t))
+    assert [v.spec.id for v in found] == list(CLAIMS)
+    return {v.spec.id: v for v in found}
 
 
-def test_verdicts(found):
-    verdicts = {k: c.verdict for k, c in found.items()}
-    assert verdicts == {
-        "bn_tolerates_lr": INCONCLUSIVE,  # dln: none 2/2 vs batch 0/2 (supported); vgg lr 10: 2/2 vs 1/2 (inconclusive)
-        "bn_widens_range": INCONCLUSIVE,  # dln +1 [0, +1] decades, vgg +1 [-2, +2]: lrs 2 seeds cannot place
-        "noisy_bn": INCONCLUSIVE,  # two seeds each: 0.98 vs 0.98 is not yet "equal within 0.02"
-        "ics_not_reduced": SUPPORTED,  # batch's ICS l2 is higher: ratio 3.3, interval above 1/2
-        "bn_smoother": SUPPORTED,  # upper beta_eff and loss band 10x and 25x lower, every seed
-        "bn_predictive": INCONCLUSIVE,  # early gradient change 0.3..2.3 vs 3..23: 10x lower, too spread for 3 seeds
-        "lp_like_bn": NOT_MEASURED,  # l1 has one seed
+def test_verdicts_on_the_synthetic_sweep(found):
+    got = {k: (v.verdict, v.code) for k, v in found.items()}
+    assert got == {
+        "bn_tolerates_lr": (INCONCLUSIVE, TOO_FEW),  # vgg lr 10: none 2/2 diverged, batch 1/2: 2 seeds cannot say
+        "bn_widens_range": (INCONCLUSIVE, TOO_FEW),  # vgg lr 10 (none fails in 2/2): batch trains in 1/2
+        "noisy_bn": (INCONCLUSIVE, TOO_FEW),
+        "ics_not_reduced": (NOT_MEASURED, ""),  # its primary is the DLN's ICS, absent here
+        "bn_smoother": (SUPPORTED, ""),  # beta_eff 10x lower at vgg lr 0.5, the only lr measured
+        "bn_predictive": (INCONCLUSIVE, TOO_FEW),
+        "lp_like_bn": (INCONCLUSIVE, TOO_FEW),  # l1 has one seed
     }
-    assert "seeds per side would likely settle it" in found["bn_predictive"].note
+    assert "about 5 seeds per side" in found["bn_predictive"].reason and "estimate" in found["bn_predictive"].reason
+    assert "n = 1, 2" in found["lp_like_bn"].reason
+    primary = found["bn_smoother"].rows[0]
+    assert (primary.role, primary.key.arch, primary.key.lr, primary.declared.metric) == ("primary", "vgg", 0.5, "beta_eff")
+    # per seed s the 0.9 quantile of beta_eff over its probes (4 + s, 2, 2, 2) x (1 batch, 10 none): a ratio of 0.1 exactly
+    assert primary.result.estimate == pytest.approx(-1.0) and primary.effect().startswith("x0.1 [")
 
 
-def test_evidence_gives_numbers_and_seed_counts(found):
-    ev = " | ".join(found["bn_tolerates_lr"].evidence)
-    assert "vgg lr=10: none diverged in 2/2 seeds, batch in 1/2" in ev
-    assert "dln lr=1e-05: none diverged in 2/2 seeds, batch in 0/2" in ev
-    dln = found["bn_widens_range"].evidence[0]
-    # batch at 1e-6 (90, 100) vs its best 1e-5 (50, 60): 2 seeds cannot place it; so the width is 0 or 1 decade
-    assert "+1.00 [+0.00, +1.00] decades for batch" in dln and "batch 1e-06 unsure, 1e-05 best, 0.0001 out" in dln
-    assert "noisy_batch 0.980 (n=2), batch 0.980 (n=2), none 0.933 (n=2)" in found["noisy_bn"].evidence[0]
-    beta = found["bn_smoother"].evidence[0]
-    # per seed s, beta_eff at the probes is (4 + s, 2, 2, 2) x (1 batch, 10 none): its 0.9 quantile 2 + 0.7 (2 + s)
-    geo = 10 ** np.mean(np.log10([2 + 0.7 * (2 + s) for s in range(3)]))
-    assert f"batch {geo:.3g} (n=3), none {10 * geo:.3g} (n=3); batch/none ratio x0.100" in beta
-    assert "share of probed steps above 2/lr = 4.00: batch 0.167, none 1.00" in beta  # 0, 1/4, 1/4 (5 > 4, 6 > 4)
+def test_the_csv_carries_every_column_of_a_comparison(found):
+    f = claims.frame(list(found.values()))
+    for col in ("claim", "role", "arch", "norm_a", "norm_b", "lr", "metric", "window", "n_a", "n_b", "effect", "effect_lo",
+                "effect_hi", "p_value", "p_adjusted", "informative", "reason", "verdict", "claim_verdict", "claim_reason"):
+        assert col in f.columns, col
+    assert set(f["claim"]) == set(CLAIMS)  # a claim without comparisons keeps a row
+    row = f.filter(claim="bn_smoother", role="primary").row(0, named=True)
+    assert row["n_a"] == 3 and row["n_b"] == 3 and row["verdict"] == SUPPORTED and row["claim_verdict"] == SUPPORTED
+    assert row["effect_lo"] < row["effect"] < row["effect_hi"] and row["scale"] == "log10 ratio"
 
 
-def test_too_few_seeds_is_not_a_verdict(found):
-    c = found["lp_like_bn"]
-    assert not c.evidence and ">= 2 finished seeds" in c.missing
+# hand-made outcomes: the columns claims.Data reads
+def cells(arch: str, norm: str, lr: float, auc=(), diverged: int = 0, dead: int = 0, loss=()) -> list[dict]:
+    rows = []
+    vals = list(auc) or list(loss)
+    for i in range(len(vals) + diverged):
+        div = i >= len(vals)
+        v = None if div else vals[i]
+        is_dead = not div and i < dead
+        rows.append({"arch": arch, "norm": norm, "lr": lr, "setting": "", "seed": i, "cell_id": f"{arch}{norm}{lr}{i}",
+                     "diverged": float(div), "dead": float(is_dead), "trained": float(not div and not is_dead),
+                     "auc_accuracy": v if auc else None, "final_accuracy": v if auc else None,
+                     "log_final_loss": math.log10(v) if loss and v else None})
+    return rows
 
 
-def test_a_stricter_seed_minimum_withholds_every_verdict(tmp_path):
-    from analysis.settings import Settings
-
-    write_measurements(write_runs(str(tmp_path)))
-    strict = check(str(tmp_path), settings=Settings(min_seeds=4))
-    assert {c.verdict for c in strict.values()} == {NOT_MEASURED}
-    assert all(">= 4 finished seeds" in c.missing for c in strict.values())
+EMPTY_SMOOTH = pl.DataFrame(schema=smoothness.PER_CELL_SCHEMA)
 
 
-def test_absent_measurements_are_not_measured(tmp_path):
-    write_runs(str(tmp_path))
-    c = check(str(tmp_path))
-    for k in ("ics_not_reduced", "bn_smoother", "bn_predictive"):
-        assert c[k].verdict == NOT_MEASURED and c[k].missing, k
+def judge(claim: str, *groups: list[dict], smooth: pl.DataFrame = EMPTY_SMOOTH) -> verdicts.Verdict:
+    o = pl.DataFrame([r for g in groups for r in g])
+    return verdicts.judge(CLAIMS[claim], claims.rows(CLAIMS[claim], claims.Data(o, smooth)))
 
 
-def smooth_cells(batch: list[float], none: list[float], quantity: str = "beta_eff",
-                 statistic: str = "upper") -> pl.DataFrame:
-    """A smoothness.per_cell frame: one value per seed for batch and none (vgg, lr 0.5, overall)."""
-    rows = [{"arch": "vgg", "norm": n, "lr": 0.5, "setting": "", "seed": s, "cell_id": f"{n}{s}", "quantity": q,
-             "layer": None, "window": "overall", "statistic": statistic, "value": v}
-            for n, vals in (("batch", batch), ("none", none)) for s, v in enumerate(vals)
-            for q in (quantity, "loss_band")]
-    return pl.DataFrame(rows, schema=smoothness.PER_CELL_SCHEMA)
+RNG = np.random.default_rng(0)
+NOISY, BATCH, NONE = (list(x) for x in (0.95 + RNG.normal(0, 0.003, 8), 0.95 + RNG.normal(0, 0.003, 8), 0.90 + RNG.normal(0, 0.003, 8)))
 
 
-def verdict(batch, none) -> claims.Claim:
-    empty = pl.DataFrame(schema={"arch": pl.String, "norm": pl.String, "lr": pl.Float64, "setting": pl.String,
-                                 "seeds": pl.Int64, "value_n": pl.Int64})
-    return claims.bn_smoother(claims.Data(pl.DataFrame(), empty, empty, smooth_cells(batch, none)))
+def test_equal_within_the_margin_is_supported_by_tost():
+    v = judge("noisy_bn", cells("vgg_mini", "noisy_batch", 0.2, NOISY), cells("vgg_mini", "batch", 0.2, BATCH),
+              cells("vgg_mini", "none", 0.2, NONE))
+    assert v.verdict == SUPPORTED, v.reason
+    assert [(r.role, r.declared.a, r.declared.b, r.outcome) for r in v.rows] == [
+        ("primary", "noisy_batch", "batch", SUPPORTED), ("secondary", "batch", "none", SUPPORTED),
+        ("secondary", "noisy_batch", "none", SUPPORTED)]
 
 
-def test_three_outcomes_from_the_interval_of_the_difference():
-    c = verdict([2.0, 2.2, 2.1], [40.0, 44.0, 38.0])  # 20x lower, tight
-    assert c.verdict == SUPPORTED and "ratio x0.05" in c.evidence[0]
-    c = verdict([40.0, 44.0, 38.0], [2.0, 2.2, 2.1])  # the opposite
-    assert c.verdict == CONTRADICTED and "the opposite holds" in c.evidence[0]
-    c = verdict([2.0, 2.05, 1.95, 2.0, 2.02, 1.98], [2.1, 2.0, 2.05, 1.97, 2.03, 2.0])  # equal within a factor 2
-    assert c.verdict == CONTRADICTED and "equal within +-0.301" in c.evidence[0]
-    c = verdict([2.0, 20.0, 3.0], [30.0, 4.0, 50.0])  # lower on average, but the seeds overlap
-    assert c.verdict == INCONCLUSIVE and "seeds per side would likely settle it" in c.note
-    # overlapping per-group CIs do not make a verdict; the difference does: 3 vs 3 from disjoint ranges, 2x apart
-    c = verdict([1.0, 1.1, 1.2], [2.0, 2.2, 2.4])
-    assert c.verdict == SUPPORTED
+def test_a_ceiling_is_not_informative():
+    """Both sides at train accuracy 1.00: the metric cannot separate them, whatever a test would say."""
+    top = [1.0, 0.999, 1.0, 1.0, 0.995, 1.0, 1.0, 1.0]
+    v = judge("noisy_bn", cells("vgg_mini", "noisy_batch", 0.2, top), cells("vgg_mini", "batch", 0.2, top),
+              cells("vgg_mini", "none", 0.2, top))
+    assert (v.verdict, v.code) == (INCONCLUSIVE, NOT_INFORMATIVE), v.reason
+    assert all(not r.informative and "ceiling" in r.reason for r in v.rows)
 
 
-def results(norm: str, values: dict[float, list[float | None]]) -> list[dict]:
-    """cell_results rows (classification): None = a diverged seed."""
-    return [{"arch": "vgg", "norm": norm, "lr": lr, "setting": "", "seed": i, "classification": True,
-             "status": "diverged" if v is None else "done", "value": v}
-            for lr, vs in values.items() for i, v in enumerate(vs)]
+def test_a_dead_side_is_not_informative_and_counts_towards_nothing():
+    """none at chance in 5 of 8 seeds: its comparisons are shown with the reason, and do not withhold the verdict."""
+    v = judge("noisy_bn", cells("vgg_mini", "noisy_batch", 0.2, NOISY), cells("vgg_mini", "batch", 0.2, BATCH),
+              cells("vgg_mini", "none", 0.2, [x + 0.04 for x in BATCH], dead=5))  # none "beats" batch on AUC, but it is dead
+    assert v.verdict == SUPPORTED
+    dead = [r for r in v.rows if r.declared.b == "none"]
+    assert dead and all(not r.informative and r.reason == "none dead in 5/8 seeds" for r in dead)
 
 
-BEST = [0.99, 0.99, 0.98]
+def test_a_diverged_side_is_not_informative():
+    none = cells("vgg_mini", "none", 0.2, NONE[:3], diverged=5)
+    v = judge("noisy_bn", cells("vgg_mini", "noisy_batch", 0.2, NOISY), cells("vgg_mini", "batch", 0.2, BATCH), none)
+    assert all(not r.informative and "none diverged in 5/8 seeds" in r.reason for r in v.rows if r.declared.b == "none")
+    # ... except for a claim about divergence, where it is the measurement
+    v = judge("bn_tolerates_lr", cells("vgg_mini", "batch", 30.0, BATCH), cells("vgg_mini", "none", 30.0, NONE[:3], diverged=5))
+    assert v.rows[0].informative and v.rows[0].key.lr == 30.0 and v.verdict == SUPPORTED, v.reason
 
 
-@pytest.mark.parametrize("none, verdict", [  # batch: 2 decades for sure
-    ({0.01: [0.90, 0.91, 0.90], 0.1: BEST, 1.0: [None, None, None]}, SUPPORTED),  # none: 0 decades
-    ({0.01: [0.985, 0.985, 0.99], 0.1: BEST, 1.0: [0.985, 0.99, 0.985]}, CONTRADICTED),  # none: 2 decades
-    ({0.01: [0.90, 0.99, 0.95], 0.1: BEST, 1.0: [None, None, None]}, SUPPORTED),  # none: 0.01 unsure, 1 decade at most
-    ({0.01: [0.90, 0.99, 0.95], 0.1: BEST, 1.0: [0.95, 0.99, 0.90]}, INCONCLUSIVE),  # none: 0 to 2 decades
-])
-def test_widens_range_places_each_lr_by_the_rule(none, verdict):
-    batch = {0.01: [0.98, 0.98, 0.985], 0.1: [0.99, 0.99, 0.985], 1.0: [0.985, 0.98, 0.98]}
-    res = pl.DataFrame(results("batch", batch) + results("none", none))
-    assert [k for k, _ in ranges.status(res.filter(norm="batch"), 0.1).values()] == ["in", "best", "in"]
-    rows = [{"arch": "vgg", "norm": n, "setting": "", "best_lr": 0.1, "lr_min": 0.01, "lr_max": 1.0,
-             "width_decades": 2.0, "at_edge": True, "metric": "train_accuracy"} for n in ("none", "batch")]
-    rob = pl.DataFrame([{"arch": "vgg", "norm": n, "lr": lr, "setting": "", "seeds": 3, "value_n": 3}
-                        for n in ("none", "batch") for lr in (0.01, 0.1, 1.0)])
-    c = claims.bn_widens_range(claims.Data(res, rob, pl.DataFrame(rows), pl.DataFrame()))
-    assert c.verdict == verdict, c.evidence
+def smooth_rows(lr: float, batch: list[float], none: list[float], quantity: str = "beta_eff") -> list[dict]:
+    return [{"arch": "vgg_mini", "norm": n, "lr": lr, "setting": "", "seed": s, "cell_id": f"vgg_mini{n}{lr}{s}",
+             "quantity": quantity, "layer": None, "window": "overall", "statistic": "upper", "value": v}
+            for n, vals in (("batch", batch), ("none", none)) for s, v in enumerate(vals)]
+
+
+def test_the_primary_decides_and_a_significant_secondary_contradiction_withholds_it():
+    lrs, low, high = (0.05, 0.2, 1.0), [2.0, 2.1, 1.9, 2.05], [20.0, 21.0, 19.0, 20.5]
+    groups = [cells("vgg_mini", n, lr, [0.9, 0.91, 0.92, 0.9]) for n in ("batch", "none") for lr in lrs]
+    agree = pl.DataFrame([r for lr in lrs for r in smooth_rows(lr, low, high)], schema=smoothness.PER_CELL_SCHEMA)
+    v = judge("bn_smoother", *groups, smooth=agree)
+    assert v.verdict == SUPPORTED and v.rows[0].key.lr == 0.2  # vgg_mini's standard lr
+    against = [r for lr in lrs for r in smooth_rows(lr, *((high, low) if lr == 1.0 else (low, high)))]
+    v = judge("bn_smoother", *groups, smooth=pl.DataFrame(against, schema=smoothness.PER_CELL_SCHEMA))
+    assert (v.verdict, v.code) == (INCONCLUSIVE, CONTRADICTED_BY) and "beta_eff at vgg_mini lr=1" in v.reason
+    # an inconclusive secondary withholds nothing
+    vague = [r for lr in lrs for r in smooth_rows(lr, *(([2, 30, 3, 20], [20, 2, 30, 3]) if lr == 1.0 else (low, high)))]
+    assert judge("bn_smoother", *groups, smooth=pl.DataFrame(vague, schema=smoothness.PER_CELL_SCHEMA)).verdict == SUPPORTED
+
+
+def test_without_the_primary_the_claim_is_not_measured():
+    v = judge("noisy_bn", cells("vgg_mini", "batch", 0.2, BATCH), cells("vgg_mini", "none", 0.2, NONE))
+    assert v.verdict == NOT_MEASURED and "noisy_batch" in v.reason
+
+
+# the tests against their textbook formulas (Welch's t with Satterthwaite's df; Holm's step-down)
+def welch_p(a, b, shift: float, upper: bool) -> float:
+    """P-value of H1: mean(a) - mean(b) > -shift (upper) or < -shift, from the formula."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b) + shift) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(stats.t.sf(t, df) if upper else stats.t.cdf(t, df))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tost_and_one_sided_tests_match_their_formulas(seed):
+    rng = np.random.default_rng(seed)
+    a, b, m = rng.normal(0.02 * seed, 0.05, 5), rng.normal(0, 0.08, 7), 0.1
+    eq = compare.means(a, b, "equivalent", m)
+    assert eq.p == pytest.approx(max(welch_p(a, b, m, True), welch_p(a, b, -m, False)), rel=1e-9)  # TOST: the larger
+    assert eq.p_against == pytest.approx(min(welch_p(a, b, -m, True), welch_p(a, b, m, False)), rel=1e-9)
+    low = compare.means(a, b, "lower", m)
+    assert low.p == pytest.approx(welch_p(a, b, 0, False)) and low.p_against == pytest.approx(welch_p(a, b, m, True))
+    ni = compare.means(a, b, "not_lower", m)
+    assert ni.p == pytest.approx(welch_p(a, b, m, True)) and ni.p_against == pytest.approx(welch_p(a, b, m, False))
+    assert eq.p == pytest.approx(ttost_ind(a, b, -m, m, usevar="unequal")[0], rel=1e-9)  # statsmodels' TOST
+    # the 95 % interval and the one-sided tests at 0.025 agree
+    assert (low.p <= 0.025) == (low.hi < 0) and (eq.p <= 0.025) == (-m < eq.lo and eq.hi < m)
+
+
+def test_holm_matches_its_step_down_formula():
+    p = [0.01, 0.04, 0.03, 0.005, 0.2]
+    order = np.argsort(p)
+    by_hand = np.empty(len(p))
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        by_hand[i] = running
+    reject, adjusted = compare.holm(p, 0.05)
+    assert adjusted == pytest.approx(list(by_hand)) and reject == list(by_hand <= 0.05)
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.2])
+
+
+def test_rates_use_newcombe_and_the_score_test():
+    r = compare.rates(0, 8, 7, 8, "lower", 0.5)
+    assert r.estimate == pytest.approx(-7 / 8) and r.lo < r.estimate < r.hi and r.p < 0.025
+    r = compare.rates(8, 8, 7, 8, "lower", 0.5)  # batch diverges as often as none: the negation (not lower by 0.5) holds
+    assert r.p > 0.5 and r.p_against < 0.025
