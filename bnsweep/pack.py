@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from bnsweep.data import DATASETS, Data, load_data
+from bnsweep.dln_pack import StackedDLN
 from bnsweep.models import build_model
 from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
 from bnsweep.performance import checks_every
@@ -264,6 +265,13 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         acc = (out.argmax(1) == y).float().mean() if classification else out.new_zeros(())
         return lf(out, y), acc
 
+    def vmapped(params, buffers, x, y, noise):
+        with warnings.catch_warnings():  # l_p norms' lerp_ has no batching rule: vmap loops over members there
+            warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
+            return vmap(member)(params, buffers, x, y, noise)
+
+    program = StackedDLN(template, order, lf, classification) if cell.arch == "dln" else vmapped
+
     def spent(k: int) -> dict[str, float]:
         """Member k's seconds so far: its evaluations and measurements, and 1/K of the pack's training time."""
         own = sum(r.eval_s + sum(s.probes.cost().values()) for r, s in zip(results, states))
@@ -294,9 +302,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
             noise = _draw(states, fast, order, shapes, opts, x0)
             old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
-            with warnings.catch_warnings():  # l_p norms' lerp_ has no batching rule: vmap loops over members there
-                warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
-                loss, acc = vmap(member)(stack.params, stack.buffers, xs, ys, noise)
+            loss, acc = program(stack.params, stack.buffers, xs, ys, noise)
             names = list(stack.params)
             grads = torch.autograd.grad(loss.sum(), [stack.params[n] for n in names], allow_unused=True)
             stack.update(dict(zip(names, grads)), mask, old)
