@@ -11,9 +11,9 @@ per hour over unpacked cells per hour (above 1: packing wins). On a shared, load
 ratios, taken from alternating runs, mean anything; seconds are what that load allowed.
 
 The setups are claims_cpu.yaml's: the paper's DLN (25 layers of 10, full batch of 1000, lr 1e-6) with
-its measurement schedule (ICS at layers 9 and 17 and the landscape with 8 step sizes every 100 steps),
-and vgg_mini at width 1/8 on digits (batch 64, ICS, landscape and activations every 50 steps); each
-with evaluations 10 times per run. `--steps` shortens the runs (one figure per arch, the same for every
+its measurement schedule (ICS at layers 9 and 17 and the landscape with 8 step sizes every 100 steps,
+evaluations every 1000), and vgg_mini at width 1/8 on digits (batch 64, ICS, landscape and activations
+every 50 steps, evaluations every 250). `--steps` shortens the runs (one figure per arch, the same for every
 K). `--profile`: for each arch a torch.profiler table of the top operations of one packed K = 8 run.
 torch uses `--threads` threads (default 1: a Ray trial's `cpu: 1`). Written to
 bench/results/pack_<device>.txt.
@@ -35,20 +35,20 @@ from bnsweep.pack import train_pack  # noqa: E402
 from bnsweep.spec import CellConfig, TrainSpec  # noqa: E402
 from bnsweep.train import train_cell  # noqa: E402
 
-SETUPS = {  # claims_cpu.yaml's cells: (dataset, model, batch, lr, norm, measure)
+SETUPS = {  # claims_cpu.yaml's cells: (dataset, model, batch, lr, norm, measure, eval_every)
     "dln": ({"name": "gaussian_regression"}, {"depth": 25}, 1000, 1e-6, "batch",
-            {"ics": {"every": 100, "layers": [9, 17]}, "landscape": {"every": 100, "eta": {"from": 0.01, "to": 30, "points": 8}}}),
+            {"ics": {"every": 100, "layers": [9, 17]}, "landscape": {"every": 100, "eta": {"from": 0.01, "to": 30, "points": 8}}}, 1000),
     "vgg_mini": ({"name": "digits"}, {"width": 0.125}, 64, 0.2, "batch",
                  {"ics": {"every": 50, "layers": [2, 5]}, "landscape": {"every": 50, "eta": {"from": 0.5, "to": 4, "points": 8}},
-                  "activations": {"every": 50, "layers": [2, 5]}}),
+                  "activations": {"every": 50, "layers": [2, 5]}}, 250),
 }
 
 
 def cells(arch: str, steps: int, k: int, device: str, norm: str | None = None) -> list[CellConfig]:
-    data, model, batch, lr, default_norm, measure = SETUPS[arch]
+    data, model, batch, lr, default_norm, measure, eval_every = SETUPS[arch]
     return [CellConfig(sweep="bench", arch=arch, norm=norm or default_norm, lr=lr * (1 + i / 100), seed=i, dataset=data,
                        model=model, norm_options={}, device=device, resources={"cpu": 1}, measure=measure,
-                       train=TrainSpec(steps=steps, batch_size=batch, eval_every=max(1, steps // 10)))
+                       train=TrainSpec(steps=steps, batch_size=batch, eval_every=eval_every))
             for i in range(k)]
 
 
@@ -68,7 +68,7 @@ def table(arch: str, steps: int, ks: list[int], repeats: int, seq_max: int, devi
     train_cell(cells(arch, 5, 1, device, norm)[0])  # warm-up: data load, first-call costs
     train_pack(cells(arch, 5, 2, device, norm))
     c0 = cells(arch, steps, 1, device, norm)[0]
-    lines = [f"{arch} {c0.norm}, {steps} steps (measurements as claims_cpu.yaml, evaluations every {c0.train.eval_every}), "
+    lines = [f"{arch} {c0.norm}, {steps} steps (measurements and evaluations as claims_cpu.yaml: every {c0.train.eval_every}), "
              f"median of {repeats} alternating repeats",
              f"{'K':>3} {'packed s':>9} {'sequential s':>13} {'cells/h ratio':>14} {'ms/step/cell packed':>20}"]
     print(*lines, sep="\n", flush=True)
