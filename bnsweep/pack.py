@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from bnsweep.data import DATASETS, Data, load_data
+from bnsweep.dln_pack import MOMENT_NORMS, StackedDLN, moments
 from bnsweep.models import build_model
 from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
 from bnsweep.performance import checks_every
@@ -264,6 +265,14 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         acc = (out.argmax(1) == y).float().mean() if classification else out.new_zeros(())
         return lf(out, y), acc
 
+    def vmapped(params, buffers, x, y, noise):
+        with warnings.catch_warnings():  # l_p norms' lerp_ has no batching rule: vmap loops over members there
+            warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
+            return vmap(member)(params, buffers, x, y, noise)
+
+    program = (StackedDLN(template, order, lf, classification, _moments_if_exact(cell, data, states[0].order.b))
+               if cell.arch == "dln" else vmapped)
+
     def spent(k: int) -> dict[str, float]:
         """Member k's seconds so far: its evaluations and measurements, and 1/K of the pack's training time."""
         own = sum(r.eval_s + sum(s.probes.cost().values()) for r, s in zip(results, states))
@@ -294,9 +303,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
             noise = _draw(states, fast, order, shapes, opts, x0)
             old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
-            with warnings.catch_warnings():  # l_p norms' lerp_ has no batching rule: vmap loops over members there
-                warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
-                loss, acc = vmap(member)(stack.params, stack.buffers, xs, ys, noise)
+            loss, acc = program(stack.params, stack.buffers, xs, ys, noise)
             names = list(stack.params)
             grads = torch.autograd.grad(loss.sum(), [stack.params[n] for n in names], allow_unused=True)
             stack.update(dict(zip(names, grads)), mask, old)
@@ -328,6 +335,14 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         record_eval(states[k], results[k], data, t.steps, t.eval_batch_size, on_evals[k])
         end(k)
     return results
+
+
+def _moments_if_exact(cell: CellConfig, data: Data, batch: int) -> dict | None:
+    """The data's moments when a DLN member's training loss is exactly a function of them: full batch,
+    no augmentation, a norm in MOMENT_NORMS; else None (the pack runs on the samples)."""
+    if cell.norm in MOMENT_NORMS and batch == len(data.x_train) and not cell.train.augment:
+        return moments(data.x_train, data.y_train)
+    return None
 
 
 def _draw(states: list[TrainState], fast: list[int], order: list[str], shapes: dict, opts, like: torch.Tensor) -> list:

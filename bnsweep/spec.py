@@ -111,7 +111,8 @@ class Execution(Options):
     pack: int | Literal["auto"] = Field(
         1,
         description="Cells trained together in one trial as one program over stacked parameters (they must share "
-        "everything but lr and seed). 1 = one cell per trial. auto = 1 on CPU, 8 on a GPU.",
+        "everything but lr and seed). 1 = one cell per trial. auto = the K bench/pack.py measured best for the "
+        "model family and device (README, Packed cells).",
     )
 
     @field_validator("pack")
@@ -441,16 +442,19 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[CellConfig]:
 
 
 # Packing: cells that differ only in lr and seed train together as one program (bnsweep/pack.py).
-PACK_AUTO = {"cpu": 1, "cuda": 8}  # K for `pack: auto` by device; the CUDA figure awaits bench/gpu.py
+# K for `pack: auto`, per device and model family, from bench/pack.py (README, Packed cells): on CPU the
+# largest K measured that wins; the CUDA figures await bench/gpu.py.
+PACK_AUTO = {"cpu": {"dln": 32, "vgg": 8}, "cuda": {"dln": 8, "vgg": 8}}
 
 
 def pack_size(cell: CellConfig) -> int:
-    """K for `cell`: its `execution.pack`, with auto resolved from where it runs (cuda when it is given a GPU)."""
+    """K for `cell`: its `execution.pack`, with auto resolved from its model family and where it runs
+    (cuda when it is given a GPU)."""
     k = cell.execution.pack
     if k != "auto":
         return k
     on_gpu = cell.device == "cuda" or (cell.device == "auto" and cell.resources.gpu > 0)
-    return PACK_AUTO["cuda" if on_gpu else "cpu"]
+    return PACK_AUTO["cuda" if on_gpu else "cpu"][MODELS[cell.arch].family]
 
 
 def pack_key(cell: CellConfig) -> str:

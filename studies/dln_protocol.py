@@ -69,7 +69,7 @@ def cells_of(reading: str, norms: list[str], lrs: list[float], seeds: int, steps
     return expand(spec)
 
 
-def run(readings: list[str], norms: list[str], lrs: list[float], seeds: int, sample_seeds: int, steps: int, compile: bool,
+def run(readings: list[str], norms: list[str], lrs: list[float], seeds: int, sample_seeds: int, steps: int,
         cache: Path) -> list[dict]:
     """One row per cell: reading, norm, lr, seed, start, end, diverged step.
 
@@ -89,7 +89,7 @@ def run(readings: list[str], norms: list[str], lrs: list[float], seeds: int, sam
     cache.parent.mkdir(parents=True, exist_ok=True)
     for (lr, sample), members in sorted(groups.items()):
         t0 = time.perf_counter()
-        losses, diverged = train_batched([c for _, c in members], compile=compile and sample)
+        losses, diverged = train_batched([c for _, c in members])
         print(f"  lr {-lr:g} {'samples' if sample else 'moments'}: {len(members)} cells in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
         with cache.open("a") as fh:
@@ -183,17 +183,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--readings", nargs="+", default=list(READINGS), help=f"of {', '.join(READINGS)}; a+b combines two")
     ap.add_argument("--norms", nargs="+", default=NORMS, choices=NORMS)
     ap.add_argument("--seeds", type=int, default=5, help="seeds of none, batch, l2 (moment form: cheap)")
-    ap.add_argument("--sample-seeds", type=int, default=5, help="seeds of l1, linf (~10 s of CPU per cell, compiled)")
+    ap.add_argument("--sample-seeds", type=int, default=5, help="seeds of l1, linf (trained on the samples: slower)")
     ap.add_argument("--lrs", nargs="+", type=float, default=LRS, help="learning rates (lr 1e-6 is the scored one)")
     ap.add_argument("--steps", type=int, default=10000)
-    ap.add_argument("--no-compile", action="store_true", help="eager l1/linf (slower; no C++ compiler needed)")
     ap.add_argument("--out", default=str(ROOT / "studies" / "results" / "dln_protocol.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     for r in a.readings:
         options(r)
-    rows = run(a.readings, a.norms, a.lrs, a.seeds, a.sample_seeds, a.steps, not a.no_compile, Path(a.out).with_suffix(".cells.jsonl"))
+    rows = run(a.readings, a.norms, a.lrs, a.seeds, a.sample_seeds, a.steps, Path(a.out).with_suffix(".cells.jsonl"))
     summary = summarise(rows)
     choice, why = choose(summary)
     wall = time.perf_counter() - t0

@@ -1,7 +1,9 @@
 """Packed cells: K cells trained as one program over stacked parameters give each cell's unpacked result.
 
 Everything in float64 on CPU: losses, evaluations and measurement rows agree with `train_cell` to 1e-10
-relative over 50 steps, for every norm variant on both architectures.
+relative over 50 steps, for every norm variant on both architectures. The DLN packs as one batched
+network (bnsweep/dln_pack.py): full-batch none / batch / l2 members on the data's moments, mini-batch
+members and the other norms on the samples; both forms are compared with the unpacked run here.
 """
 
 import math
@@ -14,7 +16,7 @@ from test_train import cell
 from bnsweep.errors import UserError
 from bnsweep.norms import NORMS
 from bnsweep.pack import train_pack
-from bnsweep.spec import CellConfig, expand, pack_size, packs
+from bnsweep.spec import PACK_AUTO, CellConfig, expand, pack_size, packs
 from bnsweep.specfile import load_spec
 from bnsweep.train import TrainResult, TrainState, train_cell
 
@@ -65,7 +67,29 @@ def test_packed_dln_batch_equals_unpacked():
         same_result(train_cell(c, dtype=F64), p)
 
 
-@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("vgg_mini", "batch")])
+@pytest.mark.parametrize("norm", NORMS)
+def test_packed_minibatch_dln_equals_unpacked(norm):
+    """Mini-batches (16 of 64 samples, a fresh permutation each epoch): every norm on the samples form."""
+    cells = [CellConfig.model_validate({**c.model_dump(by_alias=True),
+                                        "train": {**c.train.model_dump(), "batch_size": 16}})
+             for c in members("dln", norm, steps=30, eval_every=10, lrs=[1e-3, 3e-3], seeds=[0, 1])]
+    for c, p in zip(cells, train_pack(cells, dtype=F64)):
+        same_result(train_cell(c, dtype=F64), p)
+
+
+def test_dln_pack_is_batched_math_not_vmap(monkeypatch):
+    import bnsweep.pack
+
+    def refuse(*a, **k):
+        raise AssertionError("vmap on the DLN path")
+
+    monkeypatch.setattr(bnsweep.pack, "vmap", refuse)
+    for norm in ("batch", "l1"):  # the moment form and the samples form
+        cells = members("dln", norm, steps=5, eval_every=0)
+        assert [r.status for r in train_pack(cells, dtype=F64)] == ["done", "done"]
+
+
+@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("dln", "batch"), ("dln", "l1"), ("vgg_mini", "batch")])
 def test_measurements_run_per_member(arch, norm):
     cells = members(arch, norm, steps=12, eval_every=6, measure=MEASURE_ALL)
     packed = train_pack(cells, dtype=F64)
@@ -142,7 +166,8 @@ def test_pack_setting_and_identity(tmp_path, spec_file):
     assert all(len({(c.norm, c.arch) for c in g}) == 1 for g in groups)
     assert [len(g) for g in packs(plain)] == [1] * len(plain)
     auto = expand(load_spec(spec_file({**base, "execution": {"pack": "auto"}}, "a.yaml")))
-    assert {pack_size(c) for c in auto} == {1}  # auto on a CPU cell
+    assert {pack_size(c) for c in auto} == {PACK_AUTO["cpu"]["dln"]} and PACK_AUTO["cpu"]["dln"] > 1  # auto on CPU
+    assert [len(g) for g in packs(auto)] == [4, 4]  # per norm, all 4 cells in one pack
     on_gpu = auto[0].model_copy(update={"device": "auto", "resources": auto[0].resources.model_copy(update={"gpu": 1.0})})
     assert pack_size(on_gpu) == 8 and on_gpu.cell_id == auto[0].cell_id
     over = {**TINY_DLN, "overrides": {**TINY_DLN["overrides"], "execution": {"pack": 2}}}
