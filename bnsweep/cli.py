@@ -121,12 +121,13 @@ def cmd_schema(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from analysis import report
+    from analysis import draw, report
     from bnsweep import destinations
 
+    formats = draw.parse_formats(args.formats)
     if args.dest is not None:
         destinations.folder(args.dest)
-    for written in report.write(args.output, args.dest, spec=args.spec):
+    for written in report.write(args.output, args.dest, spec=args.spec, files=draw.Files(formats)):
         print(f"{written.line()}")
         if written.note:
             print(f"  {written.note}")
@@ -249,10 +250,15 @@ def parser() -> argparse.ArgumentParser:
     cv = cl.add_parser("validate", help="check a cluster YAML against Ray's schema, offline (ray up has no dry run)")
     cv.add_argument("file")
     cv.set_defaults(fn=cmd_cluster_validate)
-    rep = sub.add_parser("report", help="write report.html, figures (SVG, PNG) and summary tables (CSV, Parquet) per sweep")
+    from analysis.draw import DEFAULT_FORMATS, FORMATS
+
+    rep = sub.add_parser("report", help="write report.html, figure files and summary tables (CSV, Parquet) per sweep")
     rep.add_argument("output", help="a sweep's output folder (the spec's `output`)")
     rep.add_argument("-o", dest="dest", help="report folder (default OUTPUT/reports); one subfolder per sweep")
     rep.add_argument("--spec", help="report only the cells of this sweep file (as `run` would expand it)")
+    rep.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                     help=f"figure files to draw, comma-separated from {', '.join(FORMATS)}, or none (default: %(default)s; "
+                          "report.html and each figure's .vl.json are always written)")
     rep.set_defaults(fn=cmd_report)
     q = sub.add_parser("query", help="SQL over every table of an output (Polars SQL)")
     q.add_argument("output", help="a sweep's output folder")
