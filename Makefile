@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test test-fast lint bench bench-report bench-gpu clean
+.PHONY: setup quickstart test test-fast lint bench bench-report bench-gpu device-check device-wheels clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,20 @@ bench-report: setup
 
 bench-gpu: setup
 	$(BIN)/python bench/gpu.py
+
+# on the GPU host itself (its own Python, no venv): bench/gpu.py and the GPU tests, results under $$OUT;
+# CHECK="--device cpu --tiny" runs the same path on any machine
+device-check:
+	bash bench/device_check.sh $(CHECK)
+
+# Pydantic and its dependencies as CPython 3.12 manylinux wheels, for a GPU host without Pydantic or network
+DEVICE_WHEELS := bench/device-wheels
+device-wheels: setup
+	rm -rf $(DEVICE_WHEELS).tmp
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		-d $(DEVICE_WHEELS).tmp -r bench/device-requirements.txt
+	rm -rf $(DEVICE_WHEELS) && mv $(DEVICE_WHEELS).tmp $(DEVICE_WHEELS)
 
 clean:
 	rm -rf runs $(VENV)

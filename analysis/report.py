@@ -1,9 +1,12 @@
-"""`python -m bnsweep report OUTPUT [-o DIR]`: per sweep, one folder with
+"""`python -m bnsweep report OUTPUT [-o DIR] [--formats svg,png,pdf]`: per sweep, one folder with
 
     report.html                  self-contained: summaries, claims, every figure (no network needed)
-    figures/<name>.{svg,png,vl.json}
+    figures/<name>.vl.json       each figure's Vega-Lite spec, and <name>.<format> for each format asked for
     tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, smoothness_cells, claims (one row per
                                  comparison), claim_verdicts (one row per claim)
+
+Figure files are drawn in worker processes while the next figure's data is computed, and cached by content
+(analysis/draw.py): an unchanged figure is copied, not drawn again.
 
 Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that spec's sweep and cells
 (the cell ids it expands to) are reported, whatever else the output holds.
@@ -17,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-import vl_convert as vlc
 
-from analysis import claims, figures, groups, load, outcomes, progress, sequential, smoothness, summaries
+from analysis import claims, draw, figures, groups, load, outcomes, progress, sequential, smoothness, summaries
 from analysis.html import VL_VERSION, esc, page
 from analysis.sections import (
     claims_section,
@@ -42,10 +44,11 @@ class Written:
     skipped: dict[str, str] = field(default_factory=dict)  # figure -> why
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
     note: str = ""  # where a sweep still running (or interrupted) stands: cells running, cells still to come
+    cached: int = 0  # figure files copied from the cache instead of drawn
 
     def line(self) -> str:
         return (f"{self.folder / 'report.html'}: {len(self.drawn)} figures drawn, {len(self.skipped)} skipped "
-                f"({sum(self.seconds.values()):.1f} s)")
+                f"({sum(self.seconds.values()):.1f} s{f'; {self.cached} figure files from the cache' if self.cached else ''})")
 
 
 def default_dest(output: str) -> Path:
@@ -63,8 +66,10 @@ def spec_cells(path: str) -> tuple[str, list[str]]:
 
 
 def write(output: str, dest: str | Path | None = None, settings: Settings = DEFAULT,
-          spec: str | None = None) -> list[Written]:
-    """Write one report folder per sweep under `dest` (default OUTPUT/reports); with `spec`, that spec's cells only."""
+          spec: str | None = None, files: draw.Files | None = None) -> list[Written]:
+    """Write one report folder per sweep under `dest` (default OUTPUT/reports); with `spec`, that spec's cells only.
+    `files`: which figure files, and how they are drawn and cached (default: draw.Files())."""
+    files = files or draw.Files()
     names = load.sweeps(output)
     if not names:
         started = progress.run_sweeps(load.store(output))
@@ -72,11 +77,12 @@ def write(output: str, dest: str | Path | None = None, settings: Settings = DEFA
                                                                      "no cell has finished)" if started else ""))
     root = Path(dest) if dest is not None else default_dest(output)
     if spec is None:
-        return [write_sweep(output, name, root / name, settings) for name in names]
+        return [write_sweep(output, name, root / name, settings, files=files) for name in names]
     name, ids = spec_cells(spec)
     if name not in names:
         raise UserError(f"sweep {name!r} of {spec} has no rows under {output!r}; sweeps there: {', '.join(names)}")
-    return [write_sweep(output, name, root / name, settings, ids)]
+    return [write_sweep(output, name, root / name, settings, ids, files)]
+
 
 
 def _tables(folder: Path, frames: dict[str, pl.DataFrame]) -> None:
@@ -86,15 +92,15 @@ def _tables(folder: Path, frames: dict[str, pl.DataFrame]) -> None:
         df.write_csv(folder / "tables" / f"{name}.csv")
 
 
-def _figure(folder: Path, name: str, spec: dict) -> None:
-    svg = vlc.vegalite_to_svg(spec, vl_version=VL_VERSION)
-    (folder / "figures" / f"{name}.svg").write_text(svg)
-    (folder / "figures" / f"{name}.png").write_bytes(vlc.svg_to_png(svg, scale=1.5))  # from the SVG: one Vega run per figure
-    (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(spec, indent=1))
+def _stale(folder: Path, name: str, keep: tuple[str, ...]) -> None:
+    """Remove the files of figure `name` that this report does not write (an earlier report's, from other data)."""
+    for suffix in ("vl.json", *draw.FORMATS):
+        if suffix not in keep:
+            (folder / "figures" / f"{name}.{suffix}").unlink(missing_ok=True)
 
 
 def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFAULT,
-                cell_ids: list[str] | None = None) -> Written:
+                cell_ids: list[str] | None = None, files: draw.Files | None = None) -> Written:
     """Summaries, claims, figures and report.html for one sweep (its cells in `cell_ids` only, if given)."""
     out, clock = Written(folder), time.perf_counter()
 
@@ -126,19 +132,26 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
 
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     specs, blocks = {}, []
-    for name, fig in figures.FIGURES.items():
-        try:
-            chart, df = figures.build(name, tables, settings)
-        except figures.Skipped as e:
-            out.skipped[name] = str(e)
-            blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(e)}.</p>")
-            continue
-        specs[name] = chart.to_dict(validate=False)  # the tests validate every figure; here it would cost seconds
-        lap("figures")
-        _figure(folder, name, specs[name])
-        lap("images")
-        out.drawn.append(name)
-        blocks.append(figure_block(name, fig, df))
+    files = files or draw.Files()
+    with draw.Drawer(files, VL_VERSION) as drawer:
+        for name, fig in figures.FIGURES.items():
+            try:
+                chart, df = figures.build(name, tables, settings)
+            except figures.Skipped as e:
+                _stale(folder, name, keep=())
+                out.skipped[name] = str(e)
+                blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(e)}.</p>")
+                continue
+            specs[name] = chart.to_dict(validate=False)  # the tests validate every figure; here it would cost seconds
+            _stale(folder, name, keep=("vl.json", *files.formats))
+            (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(specs[name], indent=1))
+            lap("figures")
+            drawer.submit(specs[name], folder / "figures" / name)  # drawn while the next figure's data is computed
+            lap("images")
+            out.drawn.append(name)
+            blocks.append(figure_block(name, fig, df))
+    out.cached = drawer.cached
+    lap("images")  # the figures still being drawn when the last one's data was ready
     body = "".join([
         overview(sweep, output, cells, tables, settings),
         progress_section(state),

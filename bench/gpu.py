@@ -2,6 +2,7 @@
 
     python bench/gpu.py                          # CUDA if present: VGG-16 on CIFAR-shaped data, batch 128
     python bench/gpu.py --device cpu --steps 60  # any machine: the DLN and the narrow VGG (digits)
+    python bench/gpu.py --device cpu --tiny      # every part for a few steps: checks the script, not the device
 
 For each workload: ms per step and images/s of one cell alone; of K cells at once as separate
 processes on the one device (what Ray's fractional `gpu` trials are); of packs of K
@@ -11,7 +12,8 @@ measurement cost, as run and projected to 15,000 steps. From the CUDA figures it
 GPU-hours of sweeps/lr_grid.yaml and sweeps/paper.yaml (bench/projection.py). Every variant runs in
 a fresh process after a warm-up, so memory peaks and cuDNN caches are its own; ms per step and images/s
 are over the whole timed `train_cell` (steps, and the evaluations at step 0 and the end). Writes
-bench/results/gpu_<device>.json.
+gpu_<device>.json and gpu_<device>.md (the same figures as Markdown tables) under --out (default $OUT, else
+bench/results), after every part, so a run stopped early keeps what it measured. bench/device_check.sh runs it.
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ def measurement_cost(cell: dict, warm: int) -> dict:
             "paper_steps": paper_steps}
 
 
+TINY = {"steps": 8, "warm": 2, "ks": "2"}  # --tiny: every part runs, in seconds per part on a CPU
+
+
 def main() -> None:
     import torch
 
@@ -192,11 +197,21 @@ def main() -> None:
     ap.add_argument("--ks", default="2,4,8", help="cells per device / per pack")
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to leave out: concurrent, packs, choices, measurement")
+    ap.add_argument("--tiny", action="store_true",
+                    help=f"every part for a few steps ({TINY['steps']} timed, {TINY['warm']} warm-up, K = {TINY['ks']}): "
+                         "a check that the script runs, not figures")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"),
+                    help="folder for gpu_<device>.json and .md (default: $OUT, else bench/results)")
     args = ap.parse_args()
+    if args.tiny:
+        args.steps, args.warm, args.ks = TINY["steps"], TINY["warm"], TINY["ks"]
     steps = args.steps or (300 if args.device == "cuda" else 100)
     ks, skip = [int(k) for k in args.ks.split(",")], set(filter(None, args.skip.split(",")))
     result = {"device": args.device, "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-              "cores": os.cpu_count(), "torch": torch.__version__, "steps": steps, "warm": args.warm, "workloads": {}}
+              "cores": os.cpu_count(), "torch": torch.__version__, "steps": steps, "warm": args.warm,
+              "tiny": args.tiny, "workloads": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.device == "cuda":
             fake_cifar10(Path(tmp), n=10000)
@@ -210,12 +225,54 @@ def main() -> None:
                 if part not in skip:
                     w[part] = fn()
                     print(name, part, json.dumps(summary(w[part])), flush=True)
-    if args.device == "cuda" and "concurrent" not in skip:
-        result["projection"] = project(result["workloads"]["vgg16"], steps, [ROOT / "sweeps" / "lr_grid.yaml", PAPER])
+                    if args.device == "cuda" and "concurrent" in w:
+                        result["projection"] = project(w, steps, [ROOT / "sweeps" / "lr_grid.yaml", PAPER])
+                    save(result, out)
+    if "projection" in result:
         print("projection", json.dumps(result["projection"], indent=1))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"gpu_{args.device}.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / f'gpu_{args.device}.json'} and .md")
+
+
+def save(result: dict, out: Path) -> None:
+    """gpu_<device>.json and .md under `out`, each replaced whole (a reader never sees half a file)."""
+    for suffix, text in (("json", json.dumps(result, indent=2)), ("md", markdown(result))):
+        path = out / f"gpu_{result['device']}.{suffix}"
+        tmp = path.with_suffix(f".{suffix}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def markdown(result: dict) -> str:
+    """The figures of `result` as Markdown: one table per workload and part, then the measurement cost and projection."""
+    head = (f"# bench/gpu.py: {result['device_name']} ({result['device']}), torch {result['torch']}, "
+            f"{result['cores']} cores, {result['steps']} timed steps after {result['warm']} warm-up"
+            + (" (--tiny: a check that it runs, not figures)" if result.get("tiny") else ""))
+    lines = [head, ""]
+    cols = "| {} | cells | processes | images/s | ms per cell-step | peak MB per process | status |"
+    for name, w in result["workloads"].items():
+        for part in ("concurrent", "packs", "choices"):
+            if part not in w:
+                continue
+            lines += [f"## {name}: {part}", "", cols.format("variant"), "|---" * 7 + "|"]
+            for k, r in w[part].items():
+                if isinstance(r, dict) and "wall_s" in r:
+                    lines.append(f"| {k} | {r['cells']} | {r['processes']} | {r['images_per_s']:,.0f} | {r['ms_per_cell_step']} | "
+                                 f"{r['peak_mb_per_process']:,.0f} | {', '.join(sorted(set(r['status'])))} |")
+                else:  # a note, "packing not available", or the error of that variant
+                    lines.append(f"| {k} | | | | | | {r.get('error') if isinstance(r, dict) else r} |")
+            lines.append("")
+        if "measurement" in w:
+            m = w["measurement"]
+            probes = ", ".join(f"{k} {v} s" for k, v in m["seconds_per_probe"].items())
+            lines += [f"## {name}: the paper's measurement schedule", "",
+                      f"on / off: {m['ratio_as_run']} as run ({m['on_s']} s / {m['off_s']} s); projected to "
+                      f"{m['paper_steps']:,} steps: {m['ratio_projected_to_paper_steps']}. Seconds per probe: {probes}.", ""]
+    if "projection" in result:
+        lines += ["## GPU-hours projected from these figures", "", "| sweep | cells projected | mode | GPU-hours |", "|---|---|---|---|"]
+        for sweep, p in result["projection"]["sweeps"].items():
+            lines += [f"| {sweep} | {p['cells_projected']} | {mode} | {h} |" for mode, h in p["gpu_hours"].items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def summary(part: dict) -> dict:

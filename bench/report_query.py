@@ -4,9 +4,13 @@
 
 Each output has 100 cells (2 archs x 2 norms x 5 lrs x 5 seeds), `steps` rows split evenly among
 them, an evaluation every 1/10 of the steps, and every measurement table probed every 1/50 of the
-steps (landscape at 8 etas, ics and activations at 2 layers). Times are wall clock in this process,
-the median of --repeats runs; the first report of a fresh machine also builds the Vega bundle once
-(cached under ~/.cache/bnsweep), which is timed apart. Results: bench/results/report_query.json.
+steps (landscape at 8 etas, ics and activations at 2 layers). Each report is timed in VARIANTS, side
+by side, their order rotating from one repeat to the next: the figure files as they were drawn before
+(SVG and PNG, one figure after another in this process, no cache), the default (SVG, drawn by worker
+processes) and SVG + PNG with workers, each with an empty figure cache, and the default again with the
+cache holding this data's figures (a report re-run on unchanged data). Times are wall clock, the median
+of --repeats runs; the first report of a fresh machine also builds the Vega bundle once (cached under
+~/.cache/bnsweep), which is timed apart. Results: bench/results/report_query.json.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis import html, query, report  # noqa: E402
+from analysis import draw, html, query, report  # noqa: E402
 from bnsweep.console import text_table  # noqa: E402
 from bnsweep.records import Store, table  # noqa: E402
 
@@ -36,6 +40,13 @@ QUERIES = {
     "count by status (join)": "SELECT status, count(*) AS n FROM steps JOIN cells USING (cell_id) GROUP BY status",
     "mean loss per (arch, norm, lr)": "SELECT arch, norm, lr, avg(loss) AS loss, count(*) AS n FROM steps GROUP BY ALL ORDER BY ALL",
     "one cell's curve": "SELECT step, loss FROM steps WHERE arch = 'dln' AND norm = 'batch' AND lr = 1e-6 AND seed = 0 ORDER BY step",
+}
+# name -> (formats, cache: "none" / "cold" (empty) / "warm" (this data's figures), drawing processes: None = one per core)
+VARIANTS = {
+    "before: svg+png, serial, no cache": (("svg", "png"), "none", 1),
+    "svg+png, workers, cold cache": (("svg", "png"), "cold", None),
+    "svg (default), workers, cold cache": (("svg",), "cold", None),
+    "svg (default), warm cache": (("svg",), "warm", None),
 }
 
 
@@ -132,6 +143,22 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def reports(out: str, tmp: Path, repeats: int) -> dict[str, list[tuple[float, report.Written]]]:
+    """Each variant `repeats` times, in an order that rotates by one each repeat: {variant: [(seconds, Written)]}."""
+    warm = tmp / "cache-warm"
+    report.write(out, tmp / "fill", files=draw.Files(("svg",), warm))  # this data's figures, in the warm cache
+    names, runs = list(VARIANTS), {name: [] for name in VARIANTS}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            formats, cache, processes = VARIANTS[name]
+            k = names.index(name)
+            where = {"none": None, "cold": tmp / f"cache-{k}-{i}", "warm": warm}[cache]
+            t = time.perf_counter()
+            [w] = report.write(out, tmp / f"report-{k}-{i}", files=draw.Files(formats, where, processes))
+            runs[name].append((time.perf_counter() - t, w))
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -144,47 +171,35 @@ def main() -> None:
         try:
             out = str(tmp / "out")
             write_s = timed(lambda out=out, rows=rows: synthesise(out, rows))
-            reports = []
-            for i in range(args.repeats):
-                t = time.perf_counter()
-                [w] = report.write(out, tmp / f"report{i}")
-                reports.append((time.perf_counter() - t, w))
-            total, w = sorted(reports, key=lambda x: x[0])[len(reports) // 2]
+            for name, runs in reports(out, tmp, args.repeats).items():
+                total, w = sorted(runs, key=lambda x: x[0])[len(runs) // 2]
+                results.append({"steps_rows": rows, "variant": name, "cells": 100, "write_s": write_s, "report_s": total,
+                                "report_all_s": [round(r[0], 3) for r in runs],
+                                **{f"report_{k}_s": v for k, v in w.seconds.items()}, "figures": len(w.drawn),
+                                "files_from_cache": w.cached})
             q = {name: statistics.median(timed(lambda out=out, sql=sql: query.sql(out, sql)) for _ in range(args.repeats))
                  for name, sql in QUERIES.items()}
-            results.append(
-                {
-                    "steps_rows": rows,
-                    "cells": 100,
-                    "write_s": write_s,
-                    "report_s": total,
-                    **{f"report_{k}_s": v for k, v in w.seconds.items()},
-                    "figures": len(w.drawn),
-                    **{f"query: {k}_s": v for k, v in q.items()},
-                }
-            )
+            results[-1] |= {f"query: {k}_s": v for k, v in q.items()}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"Vega bundle: {bundle_s:.2f} s (cached after the first build)\n")
-    cols = [
-        "steps_rows",
-        "report_s",
-        "report_summaries_s",
-        "report_figures_s",
-        "report_images_s",
-        "report_html_s",
-        "figures",
-        *(f"query: {k}_s" for k in QUERIES),
-    ]
+    print(f"Vega bundle: {bundle_s:.2f} s (cached after the first build); drawing processes: {draw.workers()}\n")
+    cols = ["steps_rows", "variant", "report_s", "report_summaries_s", "report_figures_s", "report_images_s", "report_html_s",
+            "figures", "files_from_cache"]
     print(text_table([{k: (f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k])) for k in cols} for r in results], cols))
+    print("\nreport seconds, every repeat:", json.dumps({f"{r['steps_rows']} {r['variant']}": r["report_all_s"] for r in results}))
+    qcols = [k for k in results[-1] if k.startswith("query: ")]
+    print(text_table([{"steps_rows": str(r["steps_rows"]), **{k: f"{r[k]:.3f}" for k in qcols}} for r in results if qcols[0] in r],
+                     ["steps_rows", *qcols]))
     dest = ROOT / "bench" / "results" / "report_query.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(
         json.dumps(
             {
-                "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+                "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": __import__("os").cpu_count(),
+                            "load_average": __import__("os").getloadavg()},
                 "bundle_s": bundle_s,
                 "repeats": args.repeats,
+                "drawing_processes": draw.workers(),
                 "results": results,
             },
             indent=2,

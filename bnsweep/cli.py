@@ -161,12 +161,13 @@ def cmd_schema(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from analysis import report
+    from analysis import draw, report
     from bnsweep import destinations
 
+    formats = draw.parse_formats(args.formats)
     if args.dest is not None:
         destinations.folder(args.dest)
-    for written in report.write(args.output, args.dest, spec=args.spec):
+    for written in report.write(args.output, args.dest, spec=args.spec, files=draw.Files(formats)):
         print(f"{written.line()}")
         if written.note:
             print(f"  {written.note}")
@@ -327,10 +328,15 @@ def parser() -> argparse.ArgumentParser:
     cv = cl.add_parser("validate", help="check a cluster YAML against Ray's schema, offline (ray up has no dry run)")
     cv.add_argument("file", type=_path)
     cv.set_defaults(fn=cmd_cluster_validate)
-    rep = sub.add_parser("report", help="write report.html, figures (SVG, PNG) and summary tables (CSV, Parquet) per sweep")
+    from analysis.draw import DEFAULT_FORMATS, FORMATS
+
+    rep = sub.add_parser("report", help="write report.html, figure files and summary tables (CSV, Parquet) per sweep")
     rep.add_argument("output", type=_path, help="a sweep's output folder (the spec's `output`)")
     rep.add_argument("-o", dest="dest", type=_path, help="report folder (default OUTPUT/reports); one subfolder per sweep")
     rep.add_argument("--spec", type=_path, help="report only the cells of this sweep file (as `run` would expand it)")
+    rep.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                     help=f"figure files to draw, comma-separated from {', '.join(FORMATS)}, or none (default: %(default)s; "
+                          "report.html and each figure's .vl.json are always written)")
     rep.set_defaults(fn=cmd_report)
     q = sub.add_parser("query", help="SQL over every table of an output (DuckDB SQL, read-only)")
     q.add_argument("output", type=_path, help="a sweep's output folder")

@@ -1,6 +1,10 @@
 """The GPU path: VGG-16 on CUDA end to end, measurements against a CPU float64 reference, resume, shared GPUs.
 
     python -m pytest -m gpu tests/test_gpu.py        # on a machine with CUDA; skipped everywhere else
+    BNSWEEP_TEST_DEVICE=cpu python -m pytest -m gpu tests/test_gpu.py   # the same tests on the CPU, VGG-16 at width 1/8
+
+bench/device_check.sh runs them (and bench/gpu.py) in one command; CI runs it with `--device cpu --tiny`, which
+sets BNSWEEP_TEST_DEVICE=cpu, so the code and assertions here run somewhere on every change, not only on a GPU.
 
 The data is CIFAR-shaped noise written in torchvision's on-disk format (tests/test_data.py), so
 nothing is downloaded. Tolerances, and why:
@@ -14,6 +18,7 @@ nothing is downloaded. Tolerances, and why:
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -25,7 +30,13 @@ from bnsweep.records import Store
 from bnsweep.spec import CellConfig
 from bnsweep.train import TrainState, train_cell
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+DEVICE = os.environ.get("BNSWEEP_TEST_DEVICE", "cuda")
+assert DEVICE in ("cuda", "cpu"), f"BNSWEEP_TEST_DEVICE={DEVICE!r}: use cuda or cpu"
+WIDTH = 1.0 if DEVICE == "cuda" else 0.125  # full width on a GPU; on a CPU the width the tolerances were measured at
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")]
+# the cells row's execution choices: (precision, tf32, cudnn_benchmark, check_every) by device (bnsweep/performance.py)
+CHOICES = {"cuda": ("highest", False, True, 200), "cpu": ("highest", False, False, 25)}
 
 RTOL, ICS_RTOL, RESUME_RTOL = 1e-3, 1e-2, 1e-3
 EVERY_MEASUREMENT = {"ics": {"steps": [0, 1, 2], "layers": [2, 7, 13]},
@@ -44,12 +55,13 @@ def cifar_root(tmp_path_factory):
 
 
 def vgg16(root: str, steps: int, measure: dict | None = None, lr: float = 0.05, **perf) -> CellConfig:
-    """A full-width VGG-16 cell with BatchNorm (noise-free, so CPU and CUDA draw nothing different)."""
+    """A VGG-16 cell with BatchNorm on DEVICE (noise-free, so CPU and CUDA draw nothing different)."""
     return CellConfig.model_validate({
         "sweep": "gpu", "arch": "vgg16", "norm": "batch", "lr": lr, "seed": 0,
-        "dataset": {"name": "cifar10", "root": root}, "model": {}, "norm_options": {},
-        "train": {"steps": steps, "batch_size": 32, "eval_every": 10}, "device": "cuda",
-        "resources": {"gpu": 1}, "measure": measure or {}, "performance": perf, "checkpoint_every": 8})
+        "dataset": {"name": "cifar10", "root": root}, "model": {"width": WIDTH}, "norm_options": {},
+        "train": {"steps": steps, "batch_size": 32, "eval_every": 10}, "device": DEVICE,
+        "resources": {"gpu": 1} if DEVICE == "cuda" else {}, "measure": measure or {}, "performance": perf,
+        "checkpoint_every": 8})
 
 
 def assert_rows_close(name: str, ref: list[dict], got: list[dict], rtol: float) -> None:
@@ -67,13 +79,14 @@ def assert_rows_close(name: str, ref: list[dict], got: list[dict], rtol: float) 
                 assert v == b[k], (name, k)
 
 
-def test_vgg16_cell_end_to_end_on_cuda_with_every_measurement(cifar_root, tmp_path):
+def test_vgg16_cell_end_to_end_on_the_device_with_every_measurement(cifar_root, tmp_path):
     c = vgg16(cifar_root, steps=24, measure={**EVERY_MEASUREMENT, "curvature": {"steps": [0, 23], "max_hvps": 200}})
     store = Store(str(tmp_path / "out"))
     assert run_cell(c, store)["status"] == "done"
     row = store.read("cells", "gpu").to_pylist()[0]
-    assert row["device"].startswith("cuda") and row["steps_done"] == 24 and row["cuda_version"]
-    assert (row["precision"], row["tf32"], row["cudnn_benchmark"], row["check_every"]) == ("highest", False, True, 200)
+    assert row["device"].startswith(DEVICE) and row["steps_done"] == 24
+    assert bool(row["cuda_version"]) or DEVICE == "cpu"
+    assert (row["precision"], row["tf32"], row["cudnn_benchmark"], row["check_every"]) == CHOICES[DEVICE]
     for name in EVERY_MEASUREMENT:
         assert store.read(name, "gpu").num_rows > 0 and row[f"{name}_s"] > 0, name
     steps = store.read("steps", "gpu")
@@ -83,12 +96,12 @@ def test_vgg16_cell_end_to_end_on_cuda_with_every_measurement(cifar_root, tmp_pa
 
 
 @pytest.mark.slow  # the float64 reference runs full-width VGG-16 on the CPU
-def test_each_measurement_on_cuda_matches_the_cpu_float64_reference(cifar_root):
+def test_each_measurement_on_the_device_matches_the_cpu_float64_reference(cifar_root):
     # lr 0.01: on random labels, lr 0.05 already amplifies float32 rounding to 2.5e-3 by step 2 (seen on CPU)
     c = vgg16(cifar_root, steps=3, measure=EVERY_MEASUREMENT, lr=0.01, deterministic=True)
     ref = train_cell(c, device="cpu", dtype=torch.float64)
-    got = train_cell(c, device="cuda")
-    assert got.device.startswith("cuda") and ref.device == "cpu"
+    got = train_cell(c, device=DEVICE)  # float32
+    assert got.device.startswith(DEVICE) and ref.device == "cpu"
     assert_rows_close("steps", [{"step": s, "loss": v} for s, v in zip(ref.steps["step"], ref.steps["loss"])],
                       [{"step": s, "loss": v} for s, v in zip(got.steps["step"], got.steps["loss"])], RTOL)
     assert ref.measure_rows.keys() == got.measure_rows.keys() == EVERY_MEASUREMENT.keys()
@@ -113,7 +126,7 @@ def _resumed(c: CellConfig, at: int):
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_resume_on_cuda(cifar_root, deterministic):
+def test_resume_on_the_device(cifar_root, deterministic):
     c = vgg16(cifar_root, steps=32, measure={"ics": {"every": 8, "layers": [3]}}, deterministic=deterministic)
     whole, resumed = train_cell(c), _resumed(c, at=16)
     assert resumed.resumed_from == 16
@@ -130,6 +143,9 @@ def test_resume_on_cuda(cifar_root, deterministic):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_cells_share_one_gpu_through_bnsweep_run(tmp_path):
+    if DEVICE != "cuda":
+        pytest.skip("two cells sharing one GPU needs a CUDA device")
+    pytest.importorskip("ray", reason="needs Ray (bnsweep run schedules cells with it); this host has none")
     from bnsweep.cli import main
 
     grid = {"arch": ["vgg_mini"], "norm": ["batch"], "lr": [0.1], "seed": [0, 1],
