@@ -44,9 +44,9 @@ def cmd_run(args) -> int:
 
     if args.log_dir and not args.log:
         raise UserError(f"--log-dir {args.log_dir}: it is the folder of --log output; give --log {'|'.join(LOGGERS)} too")
-    spec, cells = load_cells(args.spec, args.max_cells)
-    ensure_data(c.dataset for c in cells)
-    with quiet_when_closed(), StopOnInterrupt():  # `run | head -1` does not stop the sweep
+    with quiet_when_closed(), StopOnInterrupt():  # `run | head -1` does not stop the sweep; a signal stops it cleanly
+        spec, cells = load_cells(args.spec, args.max_cells)
+        ensure_data(c.dataset for c in cells)
         try:
             outcome = runner.run(cells, spec.output, address=args.address, max_concurrent=args.max_concurrent,
                                  log=args.log or [], log_dir=args.log_dir)
