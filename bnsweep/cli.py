@@ -60,13 +60,13 @@ def cmd_run(args) -> int:
         raise UserError(f"--log-dir {args.log_dir}: it is the folder of --log output; give --log {'|'.join(LOGGERS)} too")
     if args.max_seeds is not None and not args.until_decided:
         raise UserError(f"--max-seeds {args.max_seeds}: it bounds --until-decided; give --until-decided too")
-    spec, cells = load_cells(args.spec, args.max_cells)
-    ensure_data(c.dataset for c in cells)
-    if args.address is None:
-        from bnsweep.host import check_local_ray
+    with quiet_when_closed(), StopOnInterrupt():  # `run | head -1` does not stop the sweep; a signal stops it cleanly
+        spec, cells = load_cells(args.spec, args.max_cells)
+        ensure_data(c.dataset for c in cells)
+        if args.address is None:
+            from bnsweep.host import check_local_ray
 
-        check_local_ray()
-    with quiet_when_closed(), StopOnInterrupt():  # `run | head -1` does not stop the sweep
+            check_local_ray()
         go = lambda todo: runner.run(todo, spec.output, address=args.address, max_concurrent=args.max_concurrent,
                                      log=args.log or [], log_dir=args.log_dir)
         try:

@@ -72,12 +72,14 @@ def _clean(d: Driver) -> str:
     return err
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
-def test_signal_mid_run_stops_cleanly_and_keeps_checkpoints(tmp_path, signum, status):
+@pytest.mark.parametrize("signum, status, group", [(signal.SIGTERM, 143, False), (signal.SIGHUP, 129, False),
+                                                   (signal.SIGTERM, 143, True)],
+                         ids=["SIGTERM", "SIGHUP", "SIGTERM-to-every-process"])  # the last: what SLURM's scancel does
+def test_signal_mid_run_stops_cleanly_and_keeps_checkpoints(tmp_path, signum, status, group):
     spec, out = _spec(tmp_path, "sig", steps=40_000, lrs=[1e-6, 2e-6]), tmp_path / "out"
     d = Driver(spec)
     d.wait_for("a checkpointed running cell", lambda: any(s.get("checkpointed") for s in _sidecars(out, "sig")))
-    os.kill(d.p.pid, signum)
+    (os.killpg if group else os.kill)(d.p.pid, signum)
     assert d.finish() == status, d.text()
     err = _clean(d)
     assert "run the same command again" in err
