@@ -107,12 +107,23 @@ def test_default_probe_matches_the_dense_hessian(arch, norm, steps):
 
 @SLOW
 def test_batchnorm_dln_at_initialisation_has_a_negative_largest_magnitude_and_a_positive_top():
-    """The case power iteration got wrong: the probe returns the positive top, not the larger negative end."""
-    model, x, y, lf = network("dln", "batch")
+    """The case power iteration got wrong, the quickstart's BatchNorm DLN at step 0 (full batch of 1000): the probe
+    returns the positive top, not the negative end of larger magnitude."""
+    from bnsweep.data import load_data
+    from bnsweep.spec import CellConfig
+    from bnsweep.train import loss_fn, new_state
+
+    cell = CellConfig.model_validate({
+        "sweep": "t", "arch": "dln", "norm": "batch", "lr": 1e-6, "seed": 0, "dataset": {"name": "gaussian_regression"},
+        "model": {"depth": 25, "width": 10, "bias": False}, "norm_options": {}, "device": "cpu", "resources": {},
+        "train": {"steps": 10, "batch_size": 1000}})
+    data = load_data(cell.dataset, "cpu")
+    model = new_state(cell, data, torch.device("cpu"), torch.float64).model
+    x, y, lf = data.x_train.double(), data.y_train.double(), loss_fn(data.info)
     before = copy.deepcopy(model)
     row, rng = probe(model, x, y, lf)
     eig = dense_spectrum(before, x, y, lf, rng)
-    assert eig[0].abs() > eig[-1].abs() and eig[-1] > 0  # the network is such a case
+    assert eig[0].abs() > eig[-1].abs() and eig[-1] > 0  # the network is such a case (-2.76e6 and +1.95e6)
     assert row["lambda_max"] > 0 > row["lambda_min"]
     assert_both_ends(row, eig)
 
