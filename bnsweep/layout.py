@@ -75,6 +75,12 @@ RESULT = (DONE, DIVERGED)  # statuses that are results; `failed` cells run again
 # null). steps, evals and the measurements have had every column since they first shipped; cells gained many.
 REQUIRED: dict[str, list[str]] = {name: schema.names for name, schema in SCHEMAS.items()}
 REQUIRED["cells"] = KEY_NAMES + ["status", "steps_done"]
+# columns of a table's earlier definitions that its files may still carry (read without them); a measurement whose
+# definition changed needs of its files only what every definition wrote
+RETIRED: dict[str, pa.Schema] = {name: pa.schema(cls.retired) for name, cls in MEASURES.items()}
+for _name, _cls in MEASURES.items():
+    if _cls.retired:
+        REQUIRED[_name] = [f.name for f in KEYS] + [c for c, _ in ROW_COLUMNS]
 
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a sweep's name: one plain folder name, never `..` or a path
 CELL_FILE = re.compile(r"^[^./][^/]*\.parquet$")  # <cell_id>.parquet; anything else in a partition is stray

@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bnsweep import layout
-from bnsweep.layout import KEY_NAMES, REQUIRED, RESULT_TABLES, SCHEMAS, STATUSES, TABLES
+from bnsweep.layout import KEY_NAMES, REQUIRED, RESULT_TABLES, RETIRED, SCHEMAS, STATUSES, TABLES
 
 if TYPE_CHECKING:
     from bnsweep.records import Store
@@ -66,14 +66,14 @@ def summary(t: pa.Table, data: bytes) -> dict:
 
 def schema_problem(have: pa.Schema, name: str) -> str | None:
     """Why a file of schema `have` is not a `name` table, or None."""
-    want = SCHEMAS[name]
+    want, old = SCHEMAS[name], RETIRED.get(name, pa.schema([]))
     if missing := [k for k in KEY_NAMES if k not in have.names]:
         return f"not a {name} table: lacks key columns {', '.join(missing)}"
-    if foreign := [c for c in have.names if c not in want.names]:
+    if foreign := [c for c in have.names if c not in want.names and c not in old.names]:
         return f"not a {name} table: has columns {', '.join(foreign[:6])} that it lacks"
     if missing := [c for c in REQUIRED[name] if c not in have.names]:
         return f"not a {name} table: lacks columns {', '.join(missing)}"
-    if bad := [c for c in have.names if not have.field(c).type.equals(want.field(c).type)]:
+    if bad := [c for c in have.names if not have.field(c).type.equals((want if c in want.names else old).field(c).type)]:
         return f"columns {', '.join(bad)} have the wrong type for the {name} table"
     return None
 

@@ -19,6 +19,7 @@ from test_s3 import s3_uri  # noqa: F401  (the fixture: moto serving S3 on loopb
 
 from analysis import query, sandbox
 from bnsweep.cli import main
+from bnsweep.errors import UserError
 from bnsweep.layout import SCHEMAS
 
 
@@ -148,8 +149,13 @@ def test_a_crash_of_the_engine_is_one_line_and_exit_2(out, monkeypatch, capsys):
 
 
 def test_a_query_that_is_not_utf8_is_one_line(out, capsys):
+    """Refused where the arguments are read (every argument is), before the engine starts; the sandbox's own check
+    of the SQL text stands behind it for callers that are not the CLI."""
     assert main(["query", str(out), "SELECT 'caf\udce9'"]) == 2
-    assert capsys.readouterr().err == "error: query refused: character 12 is not valid UTF-8 (bytes that are not text)\n"
+    assert capsys.readouterr().err == ("error: bnsweep: argument SELECT 'caf\\xe9' holds bytes that are not UTF-8; "
+                                       "give paths and SQL as UTF-8 text\n")
+    with pytest.raises(UserError, match=r"^query refused: character 12 is not valid UTF-8 \(bytes that are not text\)$"):
+        query.sql(str(out), "SELECT 'caf\udce9'")
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "json", "table"])

@@ -29,6 +29,9 @@ class Measurement:
     Options: ClassVar[type[Schedule]]
     columns: ClassVar[list[tuple[str, pa.DataType]]]
     definition: ClassVar[int] = 1  # bump when the definition changes; stored on every row
+    # columns that rows of earlier definitions carry and this one does not: their tables still verify and read
+    # (without them); `columns` of the current definition that those rows lack read as null
+    retired: ClassVar[list[tuple[str, pa.DataType]]] = []
     example: ClassVar[dict[str, Any]]
     summary: ClassVar[Callable[[pl.LazyFrame], pl.LazyFrame] | None] = None
 

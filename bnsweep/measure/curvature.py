@@ -167,6 +167,7 @@ class Curvature(Measurement):
         ("lambda_min_converged", pa.bool_()),
         ("hvps", pa.int64()),
     ]
+    retired = [("iterations", pa.int64()), ("rel_change", pa.float64())]  # definition 1's
     example = {"steps": [2, 7], "max_hvps": 200}
 
     @staticmethod
