@@ -4,9 +4,10 @@
     results = train_pack(cells)      # one TrainResult per member, as train_cell would give each
 
 Each member is a full `TrainState` (its own seeded initialisation, generators, batch order and
-probes). Between steps the weights, buffers and momentum live stacked, (K, ...) per tensor; a step
-is one `torch.vmap` of `torch.func.functional_call` over a parameter-free (meta) copy of the net,
-with one autograd pass through the stack. What cannot run inside vmap is done per member outside
+probes). Between steps the weights, buffers and momentum live stacked, (K, ...) per tensor; a DLN
+step is the batched network of `bnsweep.dln_pack` (no vmap), any other net's one `torch.vmap` of
+`torch.func.functional_call` over a parameter-free (meta) copy of the net; either way one autograd
+pass through the stack. What cannot run inside vmap is done per member outside
 it, in the unpacked order: batch indices and augmentation from the member's generators, and
 noisy BatchNorm's noise, drawn with the member's noise generator and passed in as stacked inputs.
 BatchNorm's and l_p's running statistics are stacked buffers updated inside vmap.

@@ -22,17 +22,19 @@ from bnsweep.train import TrainResult, TrainState, train_cell
 
 F64 = torch.float64
 REL = 1e-10
+ZERO = 1e-14  # values zero but for rounding (a BatchNorm output's batch mean, 6e-17) compare absolutely
 LRS = {"dln": [1e-4, 3e-4], "vgg_mini": [0.1, 0.05]}
 
 
 def close(a, b, rel=REL) -> bool:
-    """Equal structure; numbers equal to `rel` relative (NaN matches NaN)."""
+    """Equal structure; numbers equal to `rel` relative (NaN matches NaN; both within ZERO of 0 match)."""
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= rel * max(abs(a), abs(b)) or a == b
+        return ((math.isnan(a) and math.isnan(b)) or abs(a - b) <= rel * max(abs(a), abs(b)) or a == b
+                or max(abs(a), abs(b)) <= ZERO)
     return a == b
 
 
