@@ -53,7 +53,6 @@ def check(cs, **kw):
         assert torch.isnan(losses[len(want):, j]).all()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("norms", [MOMENT_NORMS, SAMPLE_NORMS])
 def test_every_norm_and_option_mixed_in_one_call_matches_train_cell(norms):
     """Every norm x every reading option, one seed and lr each, in a single call (6 layers: cheaper)."""
@@ -64,7 +63,6 @@ def test_every_norm_and_option_mixed_in_one_call_matches_train_cell(norms):
     check(cs)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("norm", MOMENT_NORMS + SAMPLE_NORMS)
 def test_each_norm_matches_train_cell(norm):
     check(cells(norm, lrs=(1e-8, 5e-9), steps=60))
