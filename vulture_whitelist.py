@@ -14,3 +14,7 @@ experiment_dir_name
 local_path
 # a class made at run time is named for Ray's and the logger's messages
 __qualname__
+# PyYAML reads a loader's resolvers from this class attribute
+yaml_implicit_resolvers
+# public names for scripts over the claims table
+VERDICTS

@@ -68,12 +68,6 @@ def verified(output: str, sweep: str | None = None) -> tuple[Store, dict[str, li
     return s, files
 
 
-def present(output: str, sweep: str | None = None) -> list[str]:
-    """The tables with at least one readable file under `output` (for `sweep` only, if given)."""
-    found = store(output).survey(sweep)
-    return [name for name in TABLES if found.good[name]]
-
-
 def table(output: str, name: str, sweep: str | None = None) -> pl.LazyFrame:
     """Every row of table `name` under `output` (one sweep's rows if `sweep` is given); empty if absent."""
     if name not in SCHEMAS:

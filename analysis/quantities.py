@@ -47,28 +47,21 @@ class Quantity:
     table: str  # the measurement table it comes from
     log: bool  # compared and averaged on a log10 scale
     eos: bool = False  # a sharpness: compared with 2/lr
-    claim_statistic: str = "upper"  # the per-cell statistic claims compare
 
 
 QUANTITIES: dict[str, Quantity] = {
     "beta_eff": Quantity("landscape", log=True, eos=True),
     "grad_predictiveness": Quantity("landscape", log=True),
     "loss_band": Quantity("landscape", log=True),
-    "ics_l2": Quantity("ics", log=True, claim_statistic="median"),
-    "ics_cosine": Quantity("ics", log=False, claim_statistic="median"),
+    "ics_l2": Quantity("ics", log=True),
+    "ics_cosine": Quantity("ics", log=False),
     "lambda_max": Quantity("curvature", log=True, eos=True),
 }
 SHARE = "above_eos"
 PROBES, LEFT_OUT = "probes", "left_out"  # probed steps, and those not in median and upper (not finite; not positive on a log scale)
 COUNTS = (PROBES, LEFT_OUT)
-STATISTICS = ("median", "upper", SHARE, *COUNTS)
 LOG_QUANTITIES = tuple(q for q, v in QUANTITIES.items() if v.log)
 EOS_QUANTITIES = tuple(q for q, v in QUANTITIES.items() if v.eos)
-
-
-def on_log_scale(quantity: str, statistic: str) -> bool:
-    """Per-cell `statistic` of `quantity` is averaged and compared in log10 (a share never is)."""
-    return statistic != SHARE and QUANTITIES[quantity].log
 
 
 def margin(log: bool, s: Settings) -> float:

@@ -20,10 +20,13 @@ EXIT_STATUS = {  # README "Exit status" lists these
     0: "done",
     1: "some cells failed (run)",
     2: "bad input: a spec, an argument, a file given; nothing was written",
+    3: "run: another driver took the run's lock over; this one wrote nothing more",
     70: "an unexpected error (a bug): the line names the log file holding its traceback",
     74: "a file could not be read or written (disk full, permissions, a folder where a file goes)",
+    129: "run stopped by SIGHUP (as by Ctrl-C)",
     130: "interrupted (Ctrl-C)",
     141: "stdout was closed early (`| head`); what was printed until then stands",
+    143: "run stopped by SIGTERM (as by Ctrl-C)",
 }
 
 
@@ -299,7 +302,8 @@ def _max_cells(c: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     from bnsweep.live import LOGGERS
 
-    p = _Parser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.")
+    p = _Parser(prog="bnsweep", description="Sweeps of normalisation variants x learning rates x seeds.",
+                epilog="exit status: " + "; ".join(f"{k} {v}" for k, v in EXIT_STATUS.items()))
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run every cell of a sweep that has no result yet")
     r.add_argument("spec", type=_path, help="sweep YAML file")

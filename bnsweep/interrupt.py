@@ -51,11 +51,6 @@ def status() -> int:
     return 128 + int(_state["signal"] or signal.SIGINT)
 
 
-def lost_lease():
-    """The LeaseLost that stopped the run, or None."""
-    return _state["lost"]
-
-
 def lost(error: Exception) -> None:
     """Stop the run because its lease was lost (called from the lease's heartbeat thread)."""
     _state["lost"] = error
@@ -125,7 +120,7 @@ class StopOnInterrupt:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         _REQUESTED.clear()

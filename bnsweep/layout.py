@@ -83,7 +83,6 @@ for _name, _cls in MEASURES.items():
         REQUIRED[_name] = [f.name for f in KEYS] + [c for c, _ in ROW_COLUMNS]
 
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a sweep's name: one plain folder name, never `..` or a path
-CELL_FILE = re.compile(r"^[^./][^/]*\.parquet$")  # <cell_id>.parquet; anything else in a partition is stray
 _PLACE = re.compile(r"^(?P<table>[^/]+)/sweep=(?P<sweep>[^/]+)/arch=(?P<arch>[^/]+)/norm=(?P<norm>[^/]+)/"
                     r"(?P<cell_id>[^./][^/]*)\.parquet$")
 

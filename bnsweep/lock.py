@@ -308,6 +308,6 @@ class RunLock:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc) -> None:
         if warning := self.release():
             print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -69,7 +69,7 @@ class _StackedBatchNorm(torch.autograd.Function):
         return F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx, _inputs, _output):
         pass
 
     @staticmethod

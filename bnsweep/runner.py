@@ -181,7 +181,7 @@ def _own_sigterm(ray):
     import ray._private.utils as ray_utils
 
     original = ray_utils.set_sigterm_handler
-    ray_utils.set_sigterm_handler = lambda handler: None
+    ray_utils.set_sigterm_handler = lambda _handler: None
     ours = signal.getsignal(signal.SIGTERM)
     try:
         yield

@@ -13,8 +13,6 @@ import io
 import uuid
 
 import pytest
-
-hypothesis = pytest.importorskip("hypothesis")
 import synthetic  # noqa: E402
 from conftest import tree_digest  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
