@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from bnsweep.errors import UserError
-from bnsweep.limits import MAX_DATA_ELEMENTS
+from bnsweep.limits import MAX_DATA_ELEMENTS, REACH_TIMEOUT_S
 from bnsweep.options import Options
 
 DIGITS_IMAGES = 1797  # scikit-learn's load_digits()
@@ -149,6 +149,34 @@ class Cifar10:
         for f in cls.train_files + cls.test_files:
             if (path := Path(spec.root) / cls.folder / f).is_file():
                 check_md5(path)
+
+    @classmethod
+    def reachable(cls, spec: Cifar10Spec, timeout_s: float = REACH_TIMEOUT_S) -> None:
+        """With CIFAR-10 missing and `download: true`: the archive's host answers (a TCP connection within `timeout_s`,
+        name lookup included), else one UserError, before any cell runs and fails on it."""
+        import socket
+        import threading
+        from urllib.parse import urlsplit
+
+        url = urlsplit(CIFAR10_URL)
+        host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        why: list[str] = []
+
+        def connect() -> None:
+            try:
+                socket.create_connection((host, port), timeout=timeout_s).close()
+            except OSError as e:
+                why.append(str(e.strerror or e))
+            else:
+                why.append("")
+
+        t = threading.Thread(target=connect, daemon=True)  # a name lookup with no network can outlast its own timeout
+        t.start()
+        t.join(timeout_s)
+        if not why or why[0]:
+            reason = why[0] if why else f"no answer within {timeout_s:g} s"
+            raise UserError(f"dataset.download: CIFAR-10 is missing under {spec.root} and {host}:{port}, where it is downloaded "
+                            f"from, cannot be reached ({reason}); extract {CIFAR10_URL} into {spec.root} instead")
 
     @classmethod
     def prepare(cls, spec: Cifar10Spec) -> None:
@@ -305,6 +333,8 @@ def ensure_data(specs, fetch: bool = False) -> None:
         msg = DATASETS[spec.name].missing(spec)
         if msg and not getattr(spec, "download", False):
             raise UserError(msg)
+        if msg:  # to be downloaded: its source must answer now, not fail every cell later
+            DATASETS[spec.name].reachable(spec)
         if hasattr(DATASETS[spec.name], "verify"):  # a damaged or crafted file: refused before anything runs
             DATASETS[spec.name].verify(spec)
         if fetch:

@@ -238,3 +238,42 @@ def test_cifar10_augmentation_is_a_crop_of_the_padded_maybe_flipped_image():
             p = torch.nn.functional.pad(img[None], (4, 4, 4, 4), mode="reflect")[0]
             found |= any(torch.equal(p[:, dy:dy + 32, dx:dx + 32], out[i]) for dy in range(9) for dx in range(9))
         assert found
+
+
+def test_download_from_a_host_that_does_not_answer_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """CIFAR-10 missing with `download: true`: validate (and run) ask the archive's host first; a host that refuses the
+    connection (a closed port on loopback, as with no network) is one line, exit 2, nothing written."""
+    import socket
+
+    from conftest import TINY_VGG, tiny_spec, write_spec
+
+    from bnsweep import data
+    from bnsweep.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(data, "CIFAR10_URL", f"https://127.0.0.1:{port}/cifar-10-python.tar.gz")
+    grid = {**TINY_VGG, "overrides": {**TINY_VGG["overrides"], "dataset": {"name": "cifar10", "root": str(tmp_path / "d"),
+                                                                             "download": True}}}
+    spec = write_spec(tmp_path / "s.yaml", tiny_spec(tmp_path / "out", grids=[grid]))
+    capsys.readouterr()
+    for command in ("validate", "plan", "run"):
+        assert main([command, str(spec)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: dataset.download: CIFAR-10 is missing under {tmp_path / 'd'} and "
+                                                   f"127.0.0.1:{port}, where it is downloaded from, cannot be reached"), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "d").exists()
+
+
+def test_download_from_a_host_that_answers_passes_the_check(tmp_path, monkeypatch):
+    import socket
+
+    from bnsweep import data
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(data, "CIFAR10_URL", f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz")
+        data.ensure_data([data.Cifar10Spec(root=str(tmp_path / "d"), download=True)])  # nothing raised, nothing fetched
+    assert not (tmp_path / "d").exists()
