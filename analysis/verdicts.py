@@ -12,6 +12,8 @@ counted towards nothing, when (analysis/declared.py names the claims these apply
     diverged    a side diverged in more than half its seeds
     ceiling     both sides sit in the metric's saturation band (train accuracy >= Settings.saturation)
                 in more than half their seeds, where the metric cannot separate them
+    floor or    a rate (diverged, trained) is 0 of n on both sides, or n of n on both: the metric cannot
+    ceiling     separate them (this applies to every claim, those about training and divergence too)
     too few     fewer than max(Settings.min_seeds, 2) values on a side
 
 The claim's verdict (no other rule):
@@ -131,6 +133,9 @@ def comparison(claim: str, role: str, d: Declared, key: Key, a, b, sides: tuple[
         return Row(claim, role, d, key, None, False, f"{TOO_FEW}: n = {na}, {nb}; a test needs {need} a side")
     m = metric.margin_of(s)
     r = compare.rates(*a, *b, d.test, m, alpha, s.confidence) if rate else compare.means(a, b, d.test, m, alpha, s.confidence)
+    if rate and (a[0] == b[0] == 0 or (a[0] == a[1] and b[0] == b[1])):
+        level = "floor" if a[0] == 0 else "ceiling"
+        why = "; ".join(filter(None, [why, f"{level}: {metric.column} in {a[0]}/{a[1]} and {b[0]}/{b[1]} seeds"]))
     if why:
         return Row(claim, role, d, key, r, False, why)
     if r.p <= alpha:

@@ -5,7 +5,9 @@ the raylet), and everything when `ray.init` was interrupted half-way or the driv
 second signal, were seen to live on for about a minute. Every process of a local Ray instance carries
 its session folder in its command line, and the session's name ends in the pid of the driver that
 started it (`session_<date>_<time>_<usec>_<pid>`), so they are found by that name (Linux /proc), and
-only those: a cluster joined with `--address` has a session of its own, never touched here.
+only those: a cluster joined with `--address` has a session of its own, never touched here. Nothing is
+ended unless this driver started a local instance (`own`): a cluster started by the same process (Ray's
+`cluster_utils.Cluster` in a test or a notebook) shares the session name, and must outlive the run.
 """
 
 from __future__ import annotations
@@ -48,15 +50,24 @@ def _signal(pids: list[int], signum: int) -> None:
             pass
 
 
+_owned = {"local": False}
+
+
+def own(local: bool = True) -> None:
+    """Whether this driver started the local Ray instance that `now` and `leftovers` may end."""
+    _owned["local"] = local
+
+
 def now() -> None:
-    """SIGKILL every process of this driver's Ray instance (the exit-at-once path)."""
-    _signal(processes(), signal.SIGKILL)
+    """SIGKILL every process of this driver's Ray instance (the exit-at-once path), if it started one."""
+    if _owned["local"]:
+        _signal(processes(), signal.SIGKILL)
 
 
 def leftovers(grace_s: float = 3.0) -> list[int]:
     """After `ray.shutdown()`: SIGTERM what is left of this driver's Ray instance, SIGKILL what is still there after
     `grace_s`; returns the pids that were found."""
-    found = processes()
+    found = processes() if _owned["local"] else []
     if not found:
         return []
     _signal(found, signal.SIGTERM)

@@ -259,7 +259,9 @@ def _locked(cells: list[CellConfig], store: Store, lock: RunLock, ray, max_concu
         return outcome
     try:
         ensure_data((c.dataset for c in todo), fetch=True)
-        ray = ray or _connect(None)
+        if ray is None:
+            reap.own()  # this driver starts the local instance: what it leaves behind is ended at shutdown
+            ray = _connect(None)
         if interrupt.requested():  # a stop request that Ray's start-up swallowed
             raise KeyboardInterrupt
         _fit(ray, todo, store, outcome, max_concurrent, max_failures, log, log_dir, lock.fence)
@@ -275,6 +277,7 @@ def _shutdown() -> None:
         with interrupt.deferred(raise_after=False):
             sys.modules["ray"].shutdown()
     reap.leftovers()
+    reap.own(False)
 
 
 def _fit(ray, todo: list[CellConfig], store: Store, outcome: Outcome, max_concurrent: int | None, max_failures: int,

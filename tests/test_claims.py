@@ -187,3 +187,19 @@ def test_rates_use_newcombe_and_the_score_test():
     assert r.estimate == pytest.approx(-7 / 8) and r.lo < r.estimate < r.hi and r.p < 0.025
     r = compare.rates(8, 8, 7, 8, "lower", 0.5)  # batch diverges as often as none: the negation (not lower by 0.5) holds
     assert r.p > 0.5 and r.p_against < 0.025
+
+
+def test_a_rate_at_its_floor_or_ceiling_on_both_sides_is_not_informative():
+    """Neither network trains at lr 10 (0/8 and 0/8): that says nothing about which trains at more rates, so it cannot
+    withhold bn_widens_range's verdict; both diverging in 8 of 8 seeds cannot decide bn_tolerates_lr."""
+    chance = [0.1] * 8
+    v = judge("bn_widens_range", cells("vgg_mini", "batch", 1.0, [1.0] * 8), cells("vgg_mini", "none", 1.0, chance, dead=8),
+              cells("vgg_mini", "batch", 10.0, chance, dead=8), cells("vgg_mini", "none", 10.0, chance, dead=8))
+    assert v.verdict == SUPPORTED, v.reason
+    floor = [r for r in v.rows if r.key.lr == 10.0]
+    assert len(floor) == 1 and not floor[0].informative and floor[0].reason == "floor: trained in 0/8 and 0/8 seeds"
+    v = judge("bn_tolerates_lr", cells("vgg_mini", "batch", 30.0, diverged=8), cells("vgg_mini", "none", 30.0, diverged=8))
+    assert (v.verdict, v.code) == (INCONCLUSIVE, NOT_INFORMATIVE), v.reason
+    assert v.rows[0].reason == "ceiling: diverged in 8/8 and 8/8 seeds"
+    v = judge("bn_tolerates_lr", cells("vgg_mini", "batch", 30.0, diverged=8), cells("vgg_mini", "none", 30.0, NONE[:1], diverged=7))
+    assert v.rows[0].informative  # 8/8 against 7/8: not both at a bound, so the rate is evidence

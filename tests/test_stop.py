@@ -81,10 +81,14 @@ def test_reap_ends_only_the_processes_of_this_drivers_session():
         while ours.pid not in reap.processes() and time.monotonic() < end:  # until its command line is readable
             time.sleep(0.05)
         assert reap.processes() == [ours.pid]
+        reap.own(False)  # a session this driver did not start (a cluster it joined, made by the same process): untouched
+        assert reap.leftovers(grace_s=5) == [] and ours.poll() is None
+        reap.own()
         assert reap.leftovers(grace_s=5) == [ours.pid]
         assert ours.wait(60) is not None
         assert theirs.poll() is None, "a process of another session was ended"
     finally:
+        reap.own(False)
         for p in (ours, theirs):
             p.kill()
             p.wait()
