@@ -59,8 +59,9 @@ def verified(output: str, sweep: str | None = None) -> tuple[Store, dict[str, li
     """(the store, {table: its verified files}) for every table with one under `output` (of `sweep`, if given);
     each file left out is named in a warning line."""
     s, files = store(output), {}
+    found = s.survey(sweep)  # one judgement of every file, not one per table
     for name in TABLES:
-        good, bad = s.files(name, sweep)
+        good, bad = found.listed(name)
         for path, why in bad.items():
             warn(f"skipped {path}: {why}")
         if good:
