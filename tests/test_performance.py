@@ -62,7 +62,9 @@ def test_cuda_flags_are_set_for_the_cell_and_restored_after():
 
 @pytest.mark.slow
 def test_channels_last_trains_the_same_cell_in_float64():
-    """NHWC changes only the order of summation: 1e-10 relative in float64 over 50 steps, measurements included."""
+    """NHWC changes only the order of summation: 1e-10 relative in float64 over 50 steps, measurements included
+
+    (Lanczos ends: within their residual bounds, see `same_ends`)."""
     base = with_measure(cell("vgg_mini", "batch", 0.1, steps=50, eval_every=25), ALL_ON)
     a, b = train_cell(base, dtype=torch.float64), train_cell(with_perf(base, channels_last=True), dtype=torch.float64)
     assert a.status == b.status == "done" and a.steps["step"] == b.steps["step"]
@@ -74,11 +76,28 @@ def test_channels_last_trains_the_same_cell_in_float64():
     assert a.measure_rows.keys() == b.measure_rows.keys()
     for name in a.measure_rows:
         for ra, rb in zip(a.measure_rows[name], b.measure_rows[name], strict=True):
+            if name == "curvature":
+                ra, rb = same_ends(ra, rb)
             for k, v in ra.items():
                 if isinstance(v, float):
                     assert abs(v - rb[k]) <= 1e-10 * max(abs(v), 1.0), (name, k, v, rb[k])
                 else:
                     assert v == rb[k], (name, k)
+
+
+def same_ends(ra: dict, rb: dict) -> tuple[dict, dict]:
+    """Lanczos ends are iterative: a 1e-16 change in H may move where ARPACK stops, within its residual.
+
+    Each Ritz value lies within its residual ||Hv - lambda v|| of an eigenvalue (symmetric H), so two
+    runs that found the same eigenvalue agree within the sum of their residuals. Checked here; the
+    remaining columns (flags) must be equal and the residual-derived ones are left out of the 1e-10 check.
+    """
+    for end in ("lambda_max", "lambda_min"):
+        assert ra[f"{end}_converged"] and rb[f"{end}_converged"], end
+        bound = ra[f"{end}_error"] * abs(ra[end]) + rb[f"{end}_error"] * abs(rb[end])
+        assert abs(ra[end] - rb[end]) <= bound, (end, ra[end], rb[end], bound)
+    drop = {"lambda_max", "lambda_min", "lambda_max_error", "lambda_min_error", "hvps"}
+    return ({k: v for k, v in ra.items() if k not in drop}, {k: v for k, v in rb.items() if k not in drop})
 
 
 def test_evaluation_equals_a_per_batch_brute_force():
