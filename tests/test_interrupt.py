@@ -6,14 +6,18 @@ not run to the end. Waits are bounded and fail with a message; no timing is asse
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, write_spec
 
@@ -41,8 +45,10 @@ def _spec(tmp_path: Path, steps: int) -> Path:
 class Driver:
     """A `bnsweep run` subprocess whose stdout and stderr are collected line by line as they come."""
 
-    def __init__(self, spec: Path, *args: str):
+    def __init__(self, spec: Path, *args: str, tmpdir: Path | None = None):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        if tmpdir is not None:  # Ray's session and Tune's folder go there: start-up stages the test can see
+            env["TMPDIR"] = str(tmpdir)
         self.p = subprocess.Popen(
             [sys.executable, "-m", "bnsweep", "run", str(spec), *args],
             cwd=spec.parent,
@@ -93,14 +99,25 @@ def _results(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.parquet"))} if out.exists() else {}
 
 
+def _finished(out: Path) -> dict[str, bytes]:
+    """The files of the finished cells: each `cells` row (written last) and every file its `files_json` names."""
+    files = {}
+    for row in sorted((out / "cells").rglob("*.parquet")):
+        part = row.relative_to(out / "cells").parent
+        files[str(row.relative_to(out))] = row.read_bytes()
+        for table, rec in json.loads(pq.read_table(row).column("files_json")[0].as_py()).items():
+            f = out / table / part / rec["file"]
+            files[str(f.relative_to(out))] = f.read_bytes()
+    return files
+
+
 @pytest.mark.parametrize("group", [False, True], ids=["driver", "process-group"])
 def test_interrupt_mid_run_keeps_finished_cells_and_releases_the_lock(tmp_path, group):
     spec = _spec(tmp_path, steps=40_000)
     out = tmp_path / "out"
     d = Driver(spec, "--max-concurrent", "1")
     d.wait_for("a finished cell", lambda: len(_cells(out)) >= 1)
-    time.sleep(0.5)  # let the finished cell's last file land before taking the snapshot
-    finished = _results(out)
+    finished = _finished(out)  # whole: a cell's `cells` row is written after its other files
     d.interrupt(group)
     assert d.finish() == 130, d.text()
     assert not (out / "_locks" / "intr.json").exists(), "the run lock was left behind"
@@ -111,17 +128,49 @@ def test_interrupt_mid_run_keeps_finished_cells_and_releases_the_lock(tmp_path, 
     assert "run the same command again" in "".join(d.err)
 
 
+def _descendants(pid: int) -> list[str]:
+    """Command names of `pid`'s descendant processes (read from /proc)."""
+    parent, name = {}, {}
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if d.name.isdigit():
+            name[int(d.name)] = stat[stat.index("(") + 1: stat.rindex(")")]
+            parent[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += [name[c] for c in kids]
+        todo += kids
+    return out
+
+
+START_UP = {  # a moment of start-up -> what shows that the driver has reached it
+    "before-ray": lambda d, tmp: any("to run" in line for line in d.out),  # printed just before Ray starts
+    "ray-starting": lambda d, tmp: any("gcs_server" in n or "raylet" in n for n in _descendants(d.p.pid)),
+    "ray-session": lambda d, tmp: any((tmp / "ray").glob("session_2*")),
+    "tune": lambda d, tmp: any(tmp.glob("bnsweep-tune-*/sweep")),
+    "trials": lambda d, tmp: any(line.startswith("[0/") for line in d.out),
+}
+
+
 @pytest.mark.flaky(reruns=2)  # the signal lands at a random point of Ray start-up; see the note in bnsweep/interrupt.py
-@pytest.mark.parametrize("after_s", [0, 2, 4, 6])
-def test_interrupt_while_ray_and_tune_start(tmp_path, after_s):
-    """Ctrl-C at points of Ray's and Tune's start-up (once swallowed there: the sweep ran to the end)."""
+@pytest.mark.parametrize("moment", list(START_UP))
+def test_interrupt_while_ray_and_tune_start(tmp_path, moment):
+    """Ctrl-C at each stage of Ray's and Tune's start-up (once swallowed there: the sweep ran to the end)."""
     spec = _spec(tmp_path, steps=40_000)
     out = tmp_path / "out"
-    d = Driver(spec)
-    d.wait_for("the 'to run' line (printed just before Ray starts)", lambda: any("to run" in line for line in d.out))
-    time.sleep(after_s)
-    d.interrupt(group=True)
-    assert d.finish() == 130, d.text()
+    tmp = Path(tempfile.mkdtemp(prefix="intr-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        d = Driver(spec, tmpdir=tmp)
+        d.wait_for(f"the start-up stage {moment!r}", lambda: START_UP[moment](d, tmp))
+        d.interrupt(group=True)
+        assert d.finish() == 130, d.text()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert not (out / "_locks" / "intr.json").exists(), "the run lock was left behind"
     assert len(_cells(out)) < len(LRS), f"the sweep ran to the end despite the interrupt:\n{d.text()}"
     assert "Traceback" not in "".join(d.err), d.text()

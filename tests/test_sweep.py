@@ -5,13 +5,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 
 import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from conftest import MEASURE_ALL, ROOT, TIMING, TINY_DLN, TINY_VGG, tiny_spec, tree_digest, write_spec
+from waiting import holders, wait_until
 
 from bnsweep.cli import main
 from bnsweep.layout import KEYS, SCHEMAS
@@ -137,17 +138,6 @@ def test_hidden_temporary_files_are_invisible_to_readers(own):
     assert len(Store(str(out)).read("steps", "tiny")) == n
 
 
-def _settle(folder, quiet_s=4.0, limit_s=60.0) -> int:
-    """Wait until no cell finishes for `quiet_s` (Ray workers outlive a killed driver by a few seconds)."""
-    n, last_change, t0 = -1, time.time(), time.time()
-    while time.time() - last_change < quiet_s and time.time() - t0 < limit_s:
-        m = len(list(folder.rglob("*.parquet")))
-        if m != n:
-            n, last_change = m, time.time()
-        time.sleep(0.2)
-    return n
-
-
 def test_sigkill_half_way_then_rerun_finishes_exactly_once(tmp_path):
     slow = {
         **TINY_VGG,
@@ -159,14 +149,18 @@ def test_sigkill_half_way_then_rerun_finishes_exactly_once(tmp_path):
     spec = write_spec(tmp_path / "spec.yaml", tiny_spec(tmp_path / "out", grids=[slow], name="killed", measure=sparse))
     _, cells = load_cells(spec)
     cmd = [sys.executable, "-m", "bnsweep", "run", str(spec)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tmp = tempfile.mkdtemp(prefix="kill-", dir="/tmp")  # this run's Ray session (short: socket paths)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "TMPDIR": tmp})
     out = tmp_path / "out"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "cells").rglob("*.parquet"))) < 2:
-        time.sleep(0.05)
+    wait_until(lambda: len(list((out / "cells").rglob("*.parquet"))) >= 2, "two finished cells")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its process group
     proc.wait()
-    partial = _settle(out / "cells")
+    # Ray's workers are in other process groups and outlive the driver until they notice: wait until
+    # no process of this run holds a file of its Ray session (each keeps its log files there open)
+    wait_until(lambda: not holders(tmp), "the killed run's Ray processes to end")
+    shutil.rmtree(tmp, ignore_errors=True)
+    partial = len(list((out / "cells").rglob("*.parquet")))
     assert 2 <= partial < len(cells), "the kill should land half way"
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr

@@ -20,3 +20,19 @@ def wait_until(condition: Callable[[], object], what: str, hang_s: float = HANG_
             raise AssertionError(f"still waiting after {hang_s:.0f} s for {what}")
         time.sleep(poll_s)
     return value
+
+
+def holders(folder) -> list[int]:
+    """Pids of live processes with a file open under `folder` (from /proc; a Ray process keeps its session's logs open)."""
+    from pathlib import Path
+
+    root, found = str(Path(folder).resolve()), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(str((fd).readlink()).startswith(root) for fd in (proc / "fd").iterdir()):
+                found.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
