@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, tree_digest, write_spec
-from test_interrupt import Driver
+from test_interrupt import START_UP, Driver
 
 from bnsweep import reap
 
@@ -89,15 +91,18 @@ def test_signal_mid_run_stops_cleanly_and_keeps_checkpoints(tmp_path, signum, st
     _no_ray_left(d.p.pid)
 
 
-@pytest.mark.parametrize("signum, status, after_s", [(signal.SIGTERM, 143, 0), (signal.SIGTERM, 143, 3),
-                                                     (signal.SIGHUP, 129, 1)], ids=["TERM-0s", "TERM-3s", "HUP-1s"])
-def test_signal_while_ray_starts(tmp_path, signum, status, after_s):
+@pytest.mark.parametrize("signum, status, moment", [(signal.SIGTERM, 143, "before-ray"), (signal.SIGTERM, 143, "tune"),
+                                                    (signal.SIGHUP, 129, "ray-session")], ids=["TERM-before-ray", "TERM-tune", "HUP-ray"])
+def test_signal_while_ray_starts(tmp_path, signum, status, moment):
     spec, out = _spec(tmp_path, "start", steps=40_000, lrs=[1e-6]), tmp_path / "out"
-    d = Driver(spec)
-    d.wait_for("the 'to run' line (printed just before Ray starts)", lambda: any("to run" in line for line in d.out))
-    time.sleep(after_s)  # a point of Ray's start, not a synchronisation
-    os.kill(d.p.pid, signum)
-    assert d.finish() == status, d.text()
+    tmp = Path(tempfile.mkdtemp(prefix="sig-", dir="/tmp"))  # Ray's session and Tune's folder (short: socket paths)
+    try:
+        d = Driver(spec, tmpdir=tmp)
+        d.wait_for(f"the start-up stage {moment!r}", lambda: START_UP[moment](d, tmp))
+        os.kill(d.p.pid, signum)
+        assert d.finish() == status, d.text()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     _clean(d)
     assert not (out / "_locks" / "start.json").exists(), "the run lock was left behind"
     assert not _cells(out, "start"), "the sweep ran to the end despite the signal"
