@@ -88,3 +88,22 @@ def measured_report(measured_output, tmp_path_factory):
     dest = tmp_path_factory.mktemp("report")
     written = report.write(str(measured_output), dest)
     return dest / "measured", written
+
+
+SLOW_S = 10.0  # a test that takes longer is marked `slow` (pyproject.toml); a report, never a limit
+_unmarked_slow: list[tuple[str, float]] = []
+_spent: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Note each test that took over SLOW_S (set-up, call and tear-down) without the `slow` mark."""
+    _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+    if report.when == "teardown" and (s := _spent.pop(report.nodeid)) > SLOW_S and "slow" not in report.keywords:
+        _unmarked_slow.append((report.nodeid, s))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_slow:
+        terminalreporter.section(f"over {SLOW_S:.0f} s without the slow mark (mark them, or make them faster)")
+        for nodeid, s in sorted(_unmarked_slow, key=lambda t: -t[1]):
+            terminalreporter.write_line(f"{s:7.1f} s  {nodeid}")
