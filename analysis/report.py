@@ -5,8 +5,10 @@
     tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, smoothness_cells, claims (one row per
                                  comparison), claim_verdicts (one row per claim)
 
-Figure files are drawn in worker processes while the next figure's data is computed, and cached by content
-(analysis/draw.py): an unchanged figure is copied, not drawn again.
+Each figure's spec is made first; its files are drawn in worker processes while the report goes on with the next
+figure, the summaries and report.html, and cached by content (analysis/draw.py): an unchanged figure is copied, not
+drawn again. `Written.seconds` times the stages: load, figures (data and specs), images (copying from the cache, and
+at the end the wait for the workers), summaries (with the verdicts), html.
 
 Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that spec's sweep and cells
 (the cell ids it expands to) are reported, whatever else the output holds.
@@ -119,49 +121,49 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     cells, evals = tables["cells"], tables["evals"]
     state = progress.state(load.store(output), sweep, load.table(output, "cells", sweep).select("cell_id", "status").collect())
     out.note = state.line()
-    rob = summaries.lr_robustness(cells, evals, settings)
-    ranges = summaries.robust_range(rob)
-    per_cell = smoothness.per_cell(tables, settings)
-    smooth = smoothness.smoothness(tables, settings, per_cell)
-    found, seq = sequential.report_verdicts(outcomes.per_cell(cells, evals, settings), per_cell, load.store(output), sweep,
-                                            settings)
-    frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "smoothness_cells": per_cell,
-              "claims": claims.frame(found), "claim_verdicts": claims.verdict_frame(found)}
-    _tables(folder, frames)
-    lap("summaries")
-
+    lap("load")
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     specs, blocks = {}, []
-    files = files or draw.Files()
-    with draw.Drawer(files, VL_VERSION) as drawer:
-        for name, fig in figures.FIGURES.items():
-            try:
-                chart, df = figures.build(name, tables, settings)
-            except figures.Skipped as e:
+    with draw.Drawer(files or draw.Files(), VL_VERSION) as drawer:
+        # first, so that the workers draw while the summaries are computed
+        for name, df in figures.frames(tables, settings).items():
+            fig = figures.FIGURES[name]
+            if isinstance(df, figures.Skipped):
                 _stale(folder, name, keep=())
-                out.skipped[name] = str(e)
-                blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(e)}.</p>")
+                out.skipped[name] = str(df)
+                blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(df)}.</p>")
                 continue
-            specs[name] = chart.to_dict(validate=False)  # the tests validate every figure; here it would cost seconds
-            _stale(folder, name, keep=("vl.json", *files.formats))
-            (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(specs[name], indent=1))
+            specs[name] = figures.spec(name, df)
+            _stale(folder, name, keep=("vl.json", *drawer.formats))
+            (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(specs[name]))
             lap("figures")
-            drawer.submit(specs[name], folder / "figures" / name)  # drawn while the next figure's data is computed
+            drawer.submit(specs[name], folder / "figures" / name)
             lap("images")
             out.drawn.append(name)
             blocks.append(figure_block(name, fig, df))
+
+        rob = summaries.lr_robustness(cells, evals, settings)
+        ranges = summaries.robust_range(rob)
+        per_cell = smoothness.per_cell(tables, settings)
+        smooth = smoothness.smoothness(tables, settings, per_cell)
+        found, seq = sequential.report_verdicts(outcomes.per_cell(cells, evals, settings), per_cell, load.store(output),
+                                                sweep, settings)
+        frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "smoothness_cells": per_cell,
+                  "claims": claims.frame(found), "claim_verdicts": claims.verdict_frame(found)}
+        _tables(folder, frames)
+        lap("summaries")
+        body = "".join([
+            overview(sweep, output, cells, tables, settings),
+            progress_section(state),
+            claims_section(found, seq),
+            method_section(settings),
+            range_section(ranges),
+            robustness_section(rob, settings),
+            smoothness_section(smooth, settings),
+            "<h2 id='figures'>Figures</h2>", *blocks,
+        ])
+        (folder / "report.html").write_text(page(f"bnsweep report: {sweep}", body, specs))
+        lap("html")
     out.cached = drawer.cached
-    lap("images")  # the figures still being drawn when the last one's data was ready
-    body = "".join([
-        overview(sweep, output, cells, tables, settings),
-        progress_section(state),
-        claims_section(found, seq),
-        method_section(settings),
-        range_section(ranges),
-        robustness_section(rob, settings),
-        smoothness_section(smooth, settings),
-        "<h2 id='figures'>Figures</h2>", *blocks,
-    ])
-    (folder / "report.html").write_text(page(f"bnsweep report: {sweep}", body, specs))
-    lap("html")
+    lap("images")  # the figures still being drawn when everything else was written
     return out
