@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 from polars.testing import assert_frame_equal
 
-from analysis import curves, draw, figures, groups, load, report
+from analysis import curves, draw, figures, groups, load, report, spec_cache
 
 sys.path.insert(0, str(ROOT / "bench"))
 from report_query import synthesise  # noqa: E402
@@ -88,3 +88,35 @@ def test_report_tables_and_specs_equal_the_plain_computation(output, tables, tmp
 
     rob = pl.read_parquet(w.folder / "tables" / "lr_robustness.parquet")
     assert rob.equals(summaries.lr_robustness(tables["cells"], tables["evals"]))
+
+
+def test_spec_cache_serves_the_same_frame_and_only_it(tables, tmp_path):
+    df = figures.frame("fig1_accuracy", tables)
+    built = spec_cache.cached("fig1_accuracy", df, tmp_path)
+    assert built == figures.spec("fig1_accuracy", df) and len(list(tmp_path.glob("*.vl.json"))) == 1
+    [kept] = tmp_path.glob("*.vl.json")
+    kept.write_text(json.dumps({**built, "description": "from the cache"}))
+    assert spec_cache.cached("fig1_accuracy", df, tmp_path)["description"] == "from the cache"
+    # the last bits of a float (parallel sums) do not matter: the spec inlines 6 significant digits
+    jitter = df.with_columns(pl.col("mean") * (1 + 1e-15))
+    assert spec_cache.key("fig1_accuracy", jitter) == spec_cache.key("fig1_accuracy", df)
+    # any change the spec shows does, and so do the exact lr, the figure and the row order
+    for other in (df.with_columns(pl.col("mean") * 1.001), df.with_columns(pl.col("lr") * (1 + 1e-12)), df.reverse(),
+                  df.with_columns(pl.col("panel").str.replace("vgg16", "VGG16"))):
+        assert spec_cache.key("fig1_accuracy", other) != spec_cache.key("fig1_accuracy", df)
+    assert spec_cache.key("fig2_accuracy", df) != spec_cache.key("fig1_accuracy", df)
+    assert spec_cache.cached("fig1_accuracy", df, None) == built  # no cache: built
+
+
+def test_a_report_from_the_caches_equals_one_without_them(output, tmp_path):
+    """Figures and specs from a warm cache, against a report with no cache at all: the same files."""
+    cache = tmp_path / "cache"
+    report.write(output, tmp_path / "cold", files=draw.Files(("svg",), cache))
+    [warm] = report.write(output, tmp_path / "warm", files=draw.Files(("svg",), cache))
+    [plain] = report.write(output, tmp_path / "plain", files=draw.Files(("svg",), None, processes=1))
+    assert warm.cached == len(warm.drawn) == len(plain.drawn)
+    for name in plain.drawn:
+        for suffix in ("vl.json", "svg"):
+            a, b = (r.folder / "figures" / f"{name}.{suffix}" for r in (warm, plain))
+            assert a.read_bytes() == b.read_bytes(), (name, suffix)
+    assert (warm.folder / "report.html").read_text() == (plain.folder / "report.html").read_text()
