@@ -75,6 +75,7 @@ def test_a_figure_for_norms_the_output_lacks_is_skipped_before_its_data(tables, 
     assert isinstance(curves.training_loss(tables), pl.LazyFrame)
 
 
+@pytest.mark.slow  # about 10 s on a loaded 2-core machine
 def test_report_tables_and_specs_equal_the_plain_computation(output, tables, tmp_path):
     """The report's files against each piece computed the plain way (one figure after another, Altair's to_dict)."""
     [w] = report.write(output, tmp_path / "rep", files=draw.Files((), None))
@@ -108,6 +109,7 @@ def test_spec_cache_serves_the_same_frame_and_only_it(tables, tmp_path):
     assert spec_cache.cached("fig1_accuracy", df, None) == built  # no cache: built
 
 
+@pytest.mark.slow  # draws every figure twice: 35 s on a loaded 2-core machine
 def test_a_report_from_the_caches_equals_one_without_them(output, tmp_path):
     """Figures and specs from a warm cache, against a report with no cache at all: the same files."""
     cache = tmp_path / "cache"
