@@ -11,9 +11,12 @@ they are absent or hold no matching rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import altair as alt
 import polars as pl
@@ -29,17 +32,35 @@ SIG_FIGS = 6  # of a drawn value: a panel is 180 px, tooltips show 4; the tables
 NORM = alt.Color("norm:N", title="norm", sort=["none", "batch", "noisy_batch", "l1", "l2", "linf"])
 
 
+# While spec() builds a chart: {dataset name: rows} of the data that values() names instead of inlining
+_held: ContextVar[dict[str, list[dict]] | None] = ContextVar("held_rows", default=None)
+
+
 def values(df: pl.DataFrame) -> dict:
     """Inline rows for a spec; NaN and infinities become nulls (JSON has neither).
 
     Floats keep SIG_FIGS significant digits and rows are sorted, so the same tables give the same spec byte for
     byte (parallel group-bys sum in varying order, which moves the last bits and the row order), and its drawn
     files can be cached by content. A plain dict, not alt.InlineData: Altair would validate every row on
-    construction (seconds for 10^4 rows).
+    construction (seconds for 10^4 rows). Inside spec() the rows are held aside and only their name goes into
+    the chart (see spec()).
     """
     finite = pl.when(cs.float().is_finite()).then(cs.float().round_sig_figs(SIG_FIGS))
     clean = df.with_columns(finite.name.keep()).drop(cs.list(), cs.struct())
-    return {"values": clean.sort(clean.columns, nulls_last=True).to_dicts()}
+    rows = clean.sort(clean.columns, nulls_last=True).to_dicts()
+    held = _held.get()
+    if held is None:
+        return {"values": rows}
+    name = dataset_name(rows)
+    held[name] = rows
+    return {"name": name}
+
+
+def dataset_name(rows: list[dict]) -> str:
+    """The name Altair gives inline rows when it moves them to the spec's `datasets` (a hash of their JSON)."""
+    if rows == [{}]:
+        return "empty"
+    return "data-" + hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 NOMINAL = ("norm", "panel", "split", "quantity", "arch")
@@ -181,7 +202,7 @@ def ics(df: pl.DataFrame) -> alt.VConcatChart:
 class Figure:
     title: str
     needs: tuple[str, ...]  # tables
-    data: Callable[..., pl.DataFrame]  # (tables, settings) -> frame
+    data: Callable[..., pl.LazyFrame]  # (tables, settings) -> the frame's plan
     draw: Callable[[pl.DataFrame], alt.TopLevelMixin]
     any_norm: tuple[str, ...] = ()  # drawn only if one of these norms has rows
     caption: str = "lines: mean over seeds; bands: range over seeds (min to max)"
@@ -265,15 +286,64 @@ class Skipped(Exception):
     """A figure that cannot be drawn from this output; the message says why."""
 
 
+def frames(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT,
+           names: Iterable[str] = FIGURES) -> dict[str, pl.DataFrame | Skipped]:
+    """{name: the frame figure `name` draws, or Skipped with a note}; the figures' Polars plans run together
+    (pl.collect_all: in parallel, reading each table once where their plans share the scan)."""
+    out: dict[str, pl.DataFrame | Skipped] = {}
+    plans: dict[str, pl.LazyFrame] = {}
+    norms = cache(lambda: set(tables["cells"].select(pl.col("norm").unique()).collect()["norm"]))
+    names = list(names)
+    for name in names:
+        fig = FIGURES[name]
+        if absent := [t for t in fig.needs if t not in tables]:
+            out[name] = Skipped(f"needs the {' and '.join(absent)} table{'s' if len(absent) > 1 else ''}, absent from this output")
+        elif fig.any_norm and not set(fig.any_norm) & norms():  # none of its norms: skipped before reading its data
+            out[name] = _no_norm(fig)
+        else:
+            plans[name] = fig.data(tables, settings)
+    for name, df in zip(plans, pl.collect_all(list(plans.values()))):
+        fig = FIGURES[name]
+        out[name] = (_no_norm(fig) if fig.any_norm and not set(fig.any_norm) & set(df["norm"])
+                     else Skipped("no rows to draw in this output") if df.is_empty() else df)
+    return {name: out[name] for name in names}  # in the order asked
+
+
+def _no_norm(fig: Figure) -> Skipped:
+    return Skipped(f"no cells with norm {' or '.join(fig.any_norm)} in this output")
+
+
+def frame(name: str, tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> pl.DataFrame:
+    """The frame figure `name` draws, or Skipped with a note."""
+    df = frames(tables, settings, [name])[name]
+    if isinstance(df, Skipped):
+        raise df
+    return df
+
+
+def chart(name: str, df: pl.DataFrame) -> alt.TopLevelMixin:
+    """Figure `name` drawn from its frame `df`."""
+    return FIGURES[name].draw(df).configure_axis(tickCount=5)  # log axes: a gridline per decade, not nine
+
+
 def build(name: str, tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> tuple[alt.TopLevelMixin, pl.DataFrame]:
     """(chart, the frame it draws) for figure `name`, or Skipped with a note."""
-    fig = FIGURES[name]
-    absent = [t for t in fig.needs if t not in tables]
-    if absent:
-        raise Skipped(f"needs the {' and '.join(absent)} table{'s' if len(absent) > 1 else ''}, absent from this output")
-    df = fig.data(tables, settings)
-    if fig.any_norm and not set(fig.any_norm) & set(df["norm"]):
-        raise Skipped(f"no cells with norm {' or '.join(fig.any_norm)} in this output")
-    if df.is_empty():
-        raise Skipped("no rows to draw in this output")
-    return fig.draw(df).configure_axis(tickCount=5), df  # log axes: a gridline per decade, not nine
+    df = frame(name, tables, settings)
+    return chart(name, df), df
+
+
+def spec(name: str, df: pl.DataFrame) -> dict:
+    """The Vega-Lite spec of figure `name` drawn from `df`: `chart(name, df).to_dict(validate=False)`, made faster.
+
+    Altair copies a chart's data each time it combines or converts the chart (a layer, a facet, a concat): for a
+    figure of 10^4 rows that is most of the time it takes. So the chart is built with each frame's rows named
+    only, by the name Altair gives them, and the rows go into the spec's `datasets` at the end, where Altair
+    puts them. Not validated against the Vega-Lite schema (seconds per figure; the tests validate every figure).
+    """
+    held: dict[str, list[dict]] = {}
+    token = _held.set(held)
+    try:
+        out = chart(name, df).to_dict(validate=False)
+    finally:
+        _held.reset(token)
+    return {**out, "datasets": {**out.get("datasets", {}), **held}} if held else out

@@ -5,8 +5,11 @@
     tables/<name>.{csv,parquet}  lr_robustness, robust_range, smoothness, smoothness_cells, claims (one row per
                                  comparison), claim_verdicts (one row per claim)
 
-Figure files are drawn in worker processes while the next figure's data is computed, and cached by content
-(analysis/draw.py): an unchanged figure is copied, not drawn again.
+The figures come first: their data in one Polars pass (figures.frames), each spec built (or read back from the
+cache, analysis/spec_cache.py), its files drawn by worker processes while the report goes on, and cached by content
+(analysis/draw.py): an unchanged figure is copied, not drawn again. Meanwhile a thread computes the summaries and
+verdicts. `Written.seconds` times the stages as this thread waits on them: load, figures (data and specs), images
+(copying from the cache; at the end, the wait for the workers), summaries (the wait for that thread), html.
 
 Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that spec's sweep and cells
 (the cell ids it expands to) are reported, whatever else the output holds.
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from analysis import claims, draw, figures, groups, load, outcomes, progress, sequential, smoothness, summaries
+from analysis import claims, draw, figures, groups, load, outcomes, progress, sequential, smoothness, spec_cache, summaries, verdicts
 from analysis.html import VL_VERSION, esc, page
 from analysis.sections import (
     claims_section,
@@ -99,6 +103,26 @@ def _stale(folder: Path, name: str, keep: tuple[str, ...]) -> None:
             (folder / "figures" / f"{name}.{suffix}").unlink(missing_ok=True)
 
 
+@dataclass
+class Summed:
+    frames: dict[str, pl.DataFrame]  # the tables/ files, by name
+    found: list[verdicts.Verdict]  # one per claim
+    sequential: sequential.Design | None  # the sweep's sequential design, if it was run --until-decided
+
+
+def summarise(output: str, sweep: str, tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> Summed:
+    """The summaries, the smoothness tables and the claims' verdicts of one sweep's (labelled) tables."""
+    cells, evals = tables["cells"], tables["evals"]
+    rob = summaries.lr_robustness(cells, evals, settings)
+    per_cell = smoothness.per_cell(tables, settings)
+    found, seq = sequential.report_verdicts(outcomes.per_cell(cells, evals, settings), per_cell, load.store(output), sweep,
+                                            settings)
+    frames = {"lr_robustness": rob, "robust_range": summaries.robust_range(rob),
+              "smoothness": smoothness.smoothness(tables, settings, per_cell), "smoothness_cells": per_cell,
+              "claims": claims.frame(found), "claim_verdicts": claims.verdict_frame(found)}
+    return Summed(frames, found, seq)
+
+
 def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFAULT,
                 cell_ids: list[str] | None = None, files: draw.Files | None = None) -> Written:
     """Summaries, claims, figures and report.html for one sweep (its cells in `cell_ids` only, if given)."""
@@ -116,52 +140,46 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     if cell_ids is not None:
         tables = {k: t.filter(pl.col("cell_id").is_in(cell_ids)) for k, t in tables.items()}
     tables["cells"] = groups.label(tables["cells"])  # once: every summary and figure keys by it
-    cells, evals = tables["cells"], tables["evals"]
     state = progress.state(load.store(output), sweep, load.table(output, "cells", sweep).select("cell_id", "status").collect())
     out.note = state.line()
-    rob = summaries.lr_robustness(cells, evals, settings)
-    ranges = summaries.robust_range(rob)
-    per_cell = smoothness.per_cell(tables, settings)
-    smooth = smoothness.smoothness(tables, settings, per_cell)
-    found, seq = sequential.report_verdicts(outcomes.per_cell(cells, evals, settings), per_cell, load.store(output), sweep,
-                                            settings)
-    frames = {"lr_robustness": rob, "robust_range": ranges, "smoothness": smooth, "smoothness_cells": per_cell,
-              "claims": claims.frame(found), "claim_verdicts": claims.verdict_frame(found)}
-    _tables(folder, frames)
-    lap("summaries")
-
+    lap("load")
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     specs, blocks = {}, []
-    files = files or draw.Files()
-    with draw.Drawer(files, VL_VERSION) as drawer:
-        for name, fig in figures.FIGURES.items():
-            try:
-                chart, df = figures.build(name, tables, settings)
-            except figures.Skipped as e:
+    with draw.Drawer(files or draw.Files(), VL_VERSION) as drawer, ThreadPoolExecutor(1) as thread:
+        # the summaries in a thread (mostly Polars, which lets go of the GIL) while this one builds the figures' specs
+        # (Altair, pure Python); each figure's files are drawn by the workers while the report goes on
+        summed = thread.submit(summarise, output, sweep, tables, settings)
+        for name, df in figures.frames(tables, settings).items():
+            fig = figures.FIGURES[name]
+            if isinstance(df, figures.Skipped):
                 _stale(folder, name, keep=())
-                out.skipped[name] = str(e)
-                blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(e)}.</p>")
+                out.skipped[name] = str(df)
+                blocks.append(f"<h3>{esc(fig.title)}</h3><p class='note'>Skipped: {esc(df)}.</p>")
                 continue
-            specs[name] = chart.to_dict(validate=False)  # the tests validate every figure; here it would cost seconds
-            _stale(folder, name, keep=("vl.json", *files.formats))
-            (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(specs[name], indent=1))
+            specs[name] = spec_cache.cached(name, df, drawer.cache)
+            _stale(folder, name, keep=("vl.json", *drawer.formats))
+            (folder / "figures" / f"{name}.vl.json").write_text(json.dumps(specs[name]))
             lap("figures")
-            drawer.submit(specs[name], folder / "figures" / name)  # drawn while the next figure's data is computed
+            drawer.submit(specs[name], folder / "figures" / name)
             lap("images")
             out.drawn.append(name)
             blocks.append(figure_block(name, fig, df))
+
+        s = summed.result()
+        _tables(folder, s.frames)
+        lap("summaries")
+        body = "".join([
+            overview(sweep, output, tables["cells"], tables, settings),
+            progress_section(state),
+            claims_section(s.found, s.sequential),
+            method_section(settings),
+            range_section(s.frames["robust_range"]),
+            robustness_section(s.frames["lr_robustness"], settings),
+            smoothness_section(s.frames["smoothness"], settings),
+            "<h2 id='figures'>Figures</h2>", *blocks,
+        ])
+        (folder / "report.html").write_text(page(f"bnsweep report: {sweep}", body, specs))
+        lap("html")
     out.cached = drawer.cached
-    lap("images")  # the figures still being drawn when the last one's data was ready
-    body = "".join([
-        overview(sweep, output, cells, tables, settings),
-        progress_section(state),
-        claims_section(found, seq),
-        method_section(settings),
-        range_section(ranges),
-        robustness_section(rob, settings),
-        smoothness_section(smooth, settings),
-        "<h2 id='figures'>Figures</h2>", *blocks,
-    ])
-    (folder / "report.html").write_text(page(f"bnsweep report: {sweep}", body, specs))
-    lap("html")
+    lap("images")  # the figures still being drawn when everything else was written
     return out

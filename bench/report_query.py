@@ -8,18 +8,23 @@ steps (landscape at 8 etas, ics and activations at 2 layers). Each report is tim
 by side, their order rotating from one repeat to the next: the figure files as they were drawn before
 (SVG and PNG, one figure after another in this process, no cache), the default (SVG, drawn by worker
 processes) and SVG + PNG with workers, each with an empty figure cache, and the default again with the
-cache holding this data's figures (a report re-run on unchanged data). Times are wall clock, the median
+cache holding this data's figures and specs (a report re-run on unchanged data). Times are wall clock, the median
 of --repeats runs; the first report of a fresh machine also builds the Vega bundle once (cached under
-~/.cache/bnsweep), which is timed apart. Results: bench/results/report_query.json.
+~/.cache/bnsweep), which is timed apart. These reports run in this process, one after another, so files are
+read and verified once, and the imports are paid once. So `bnsweep report` is also timed as a user runs it, in a
+new process (imports, reading and verifying every file included): with an empty figure cache, then again with
+the cache that run filled. Results: bench/results/report_query.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +47,8 @@ QUERIES = {
     "one cell's curve": "SELECT step, loss FROM steps WHERE arch = 'dln' AND norm = 'batch' AND lr = 1e-6 AND seed = 0 ORDER BY step",
 }
 # name -> (formats, cache: "none" / "cold" (empty) / "warm" (this data's figures), drawing processes: None = one per core)
+# `bnsweep report` in a new process: an empty figure cache, then the cache that run filled
+CLI_VARIANTS = ("bnsweep report (new process), cold cache", "bnsweep report (new process), warm cache")
 VARIANTS = {
     "before: svg+png, serial, no cache": (("svg", "png"), "none", 1),
     "svg+png, workers, cold cache": (("svg", "png"), "cold", None),
@@ -159,6 +166,27 @@ def reports(out: str, tmp: Path, repeats: int) -> dict[str, list[tuple[float, re
     return runs
 
 
+def cli_reports(out: str, tmp: Path, repeats: int) -> dict[str, list[float]]:
+    """`bnsweep report OUT` as a user runs it, in a new process each time (imports, reading and verifying every file
+    included): with an empty figure cache, then with the cache that run filled; `repeats` pairs. {variant: seconds}."""
+    bundle = next(html_cache().glob("vega-bundle-*.js"))  # built once per machine: not what is timed here
+    runs: dict[str, list[float]] = {name: [] for name in CLI_VARIANTS}
+    for i in range(repeats):
+        xdg = tmp / f"xdg-{i}"
+        (xdg / "bnsweep").mkdir(parents=True)
+        shutil.copy(bundle, xdg / "bnsweep" / bundle.name)
+        for name in CLI_VARIANTS:  # cold first: it fills the cache the warm run reads
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "bnsweep", "report", out, "-o", str(tmp / f"cli-{i}")], check=True,
+                           env={**os.environ, "XDG_CACHE_HOME": str(xdg)}, cwd=ROOT, stdout=subprocess.DEVNULL)
+            runs[name].append(time.perf_counter() - t)
+    return runs
+
+
+def html_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnsweep"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -177,15 +205,19 @@ def main() -> None:
                                 "report_all_s": [round(r[0], 3) for r in runs],
                                 **{f"report_{k}_s": v for k, v in w.seconds.items()}, "figures": len(w.drawn),
                                 "files_from_cache": w.cached})
+            for name, secs in cli_reports(out, tmp, args.repeats).items():
+                results.append({"steps_rows": rows, "variant": name, "cells": 100, "write_s": write_s,
+                                "report_s": statistics.median(secs), "report_all_s": [round(x, 3) for x in secs]})
             q = {name: statistics.median(timed(lambda out=out, sql=sql: query.sql(out, sql)) for _ in range(args.repeats))
                  for name, sql in QUERIES.items()}
             results[-1] |= {f"query: {k}_s": v for k, v in q.items()}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"Vega bundle: {bundle_s:.2f} s (cached after the first build); drawing processes: {draw.workers()}\n")
-    cols = ["steps_rows", "variant", "report_s", "report_summaries_s", "report_figures_s", "report_images_s", "report_html_s",
-            "figures", "files_from_cache"]
-    print(text_table([{k: (f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k])) for k in cols} for r in results], cols))
+    cols = ["steps_rows", "variant", "report_s", "report_load_s", "report_figures_s", "report_summaries_s", "report_html_s",
+            "report_images_s", "figures", "files_from_cache"]
+    print(text_table([{k: (f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, "-"))) for k in cols} for r in results],
+                     cols))
     print("\nreport seconds, every repeat:", json.dumps({f"{r['steps_rows']} {r['variant']}": r["report_all_s"] for r in results}))
     qcols = [k for k in results[-1] if k.startswith("query: ")]
     print(text_table([{"steps_rows": str(r["steps_rows"]), **{k: f"{r[k]:.3f}" for k in qcols}} for r in results if qcols[0] in r],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ class Facts:
 
 
 _facts: dict[tuple, Facts] = {}  # (path, size, mtime, table) -> its facts, once per process
+READERS = 4  # threads reading files' facts: pyarrow reads and hashes without holding the GIL
 
 
 def digest(data: bytes) -> str:
@@ -101,9 +103,17 @@ def _read(store: Store, path: str, name: str) -> Facts:
         t = pf.read(columns=cols)
     except (OSError, pa.ArrowException) as e:  # truncated, garbage
         return Facts(sha, problem=f"unreadable Parquet ({str(e).splitlines()[0][:120]})")
-    keys = tuple(sorted(tuple(r.values()) for r in t.group_by(KEY_NAMES).aggregate([]).select(KEY_NAMES).to_pylist()))
-    return Facts(sha, rows=t.num_rows, keys=keys, steps=summary(t, b"")["steps"],
+    return Facts(sha, rows=t.num_rows, keys=_keys(t), steps=summary(t, b"")["steps"],
                  row=t.slice(0, 1).to_pylist()[0] if name == "cells" and t.num_rows else None)
+
+
+def _keys(t: pa.Table) -> tuple[tuple, ...]:
+    """The distinct key tuples of `t`, sorted. A cell's file has one value per key column, which settles it without
+    a group-by (that, and importing pyarrow's group-by engine, took most of a survey's time)."""
+    distinct = [pc.unique(t[k]) for k in KEY_NAMES]
+    if all(len(d) == 1 for d in distinct):
+        return (tuple(d[0].as_py() for d in distinct),)
+    return tuple(sorted(tuple(r.values()) for r in t.group_by(KEY_NAMES).aggregate([]).select(KEY_NAMES).to_pylist()))
 
 
 def expected(keys: dict) -> tuple:
@@ -215,6 +225,8 @@ def survey(store: Store, sweep: str | None = None, required: dict[str, list[str]
                 cells.append(info)
             else:
                 results[tuple(at.values())] = info
+    with ThreadPoolExecutor(READERS) as pool:  # read every file's facts first, several at a time; judge reads them back
+        list(pool.map(lambda job: facts(store, *job), [(i, "cells") for i in cells] + [(i, k[0]) for k, i in results.items()]))
     for info in cells:
         at = layout.place(store.root, info.path)
         mine = {n: results.pop((n, *list(at.values())[1:])) for n in RESULT_TABLES if (n, *list(at.values())[1:]) in results}

@@ -158,7 +158,7 @@ def test_unconverged_and_non_positive_sharpness_is_counted_not_dropped(out):
     assert (total("left_out")["estimate"], total("probes")["estimate"], total("left_out")["seeds"]) == (2, 8, 3)
     assert total("left_out")["centre"] == "sum" and total("left_out")["lo"] is None
     assert row(sm, arch="vgg", norm="none", lr=0.5, quantity="lambda_max", statistic="left_out", window="overall")["estimate"] == 0
-    pts = curves.curvature(load.tables(out, SWEEP)).filter(quantity="lambda_max", norm="batch")
+    pts = curves.curvature(load.tables(out, SWEEP)).collect().filter(quantity="lambda_max", norm="batch")
     assert dict(zip(pts["step"], pts["left_out"])) == {0: 0, 10: 1, 50: 0, 90: 1}
     assert dict(zip(pts["step"], pts["seeds"])) == {0: 3, 10: 0, 50: 3, 90: 0}
 
