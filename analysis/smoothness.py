@@ -76,7 +76,7 @@ def per_cell(tables: dict[str, pl.LazyFrame], settings: Settings = DEFAULT) -> p
         .filter(pl.col("value").is_not_null())
         .select(list(PER_CELL_SCHEMA))
         .cast(PER_CELL_SCHEMA)
-        .sort(keys, "statistic", nulls_last=True)
+        .sort([*keys, "statistic"], nulls_last=True)  # one list of names (a list then a name sorts by a list literal)
         .collect()
     )
 

@@ -1,8 +1,13 @@
 """Summaries on tables with known answers (tests/synthetic.py): robust ranges, CIs, diverged and failed cells, smoothness."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
+from conftest import ROOT
 from synthetic import SWEEP, write_measurements, write_runs
 
 from analysis import curves, load, smoothness, summaries
@@ -182,3 +187,25 @@ def test_curvature_tables_of_definition_1_still_read_and_count_as_unconverged(tm
     per = smoothness.per_cell(load.tables(str(tmp_path / "out"), SWEEP))
     r = lambda statistic: row(per, norm="none", seed=0, quantity="lambda_max", statistic=statistic, window="overall")["value"]
     assert (r("probes"), r("left_out")) == (2, 2)
+
+
+def test_per_cell_rows_come_sorted_by_their_keys(out):
+    """One order whatever the threads did: the smoothness tables and the claims built on them do not move between reports."""
+    per = smoothness.per_cell(load.tables(out, SWEEP))
+    keys = ["arch", "norm", "lr", "setting", "seed", "cell_id", "quantity", "layer", "window", "statistic"]
+    assert per.select(keys).is_duplicated().sum() == 0
+    assert per.equals(per.sort(keys, nulls_last=True))
+
+
+@pytest.mark.slow
+def test_two_reports_of_one_output_write_identical_tables(out, tmp_path):
+    """Every table file of two reports on unchanged tables is byte for byte the same (sums over seeds in one order)."""
+    got = []
+    for i in range(2):  # separate processes: another hash seed, other thread timings
+        folder = tmp_path / f"r{i}"
+        p = subprocess.run([sys.executable, "-m", "bnsweep", "report", out, "--formats", "none", "-o", str(folder)],
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": str(i)})
+        assert p.returncode == 0, p.stderr
+        got.append({f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("tables/*"))})
+    assert got[0] and got[0].keys() == got[1].keys()
+    assert [k for k in got[0] if got[0][k] != got[1][k]] == []
