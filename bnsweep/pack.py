@@ -12,14 +12,15 @@ it, in the unpacked order: batch indices and augmentation from the member's gene
 noisy BatchNorm's noise, drawn with the member's noise generator and passed in as stacked inputs.
 BatchNorm's and l_p's running statistics are stacked buffers updated inside vmap.
 
-Measurements made of losses and gradients at points on the step's batch (ICS, landscape) leave the
-member's step in the stack, the program it runs unmeasured, so they cannot change its training: they are
-taken afterwards by `measure.stacked` from copies off the stack, every due member's points and its
-gradient at w run as the members of one stacked network on the samples (`_evaluator`; for the DLN the
-samples form of `StackedDLN`, also where the moment form trains). A member with another measurement due
-(activations, curvature: they read its own module) takes that step unpacked (`train.train_step` on its
-own module, synced from and back to the stack). Evaluations and checkpoints go through the member's
-module; a checkpoint is that member's
+Measurements made of losses and gradients at points on the step's batch (ICS, landscape) and those
+of the forward pass (activations) leave the member's step in the stack, the program it runs
+unmeasured, so they cannot change its training: they are taken afterwards by `measure.stacked` from
+copies off the stack, every due member's points and its gradient at w run as the members of one
+stacked network on the samples (`_evaluator`; for the DLN the samples form of `StackedDLN`, also where
+the moment form trains), activations from the member's module run forward again at w (`_again`).
+A member with curvature due (Hessian-vector products on its own module) takes that step unpacked
+(`train.train_step` on its module, synced from and back to the stack). Evaluations and checkpoints
+go through the member's module; a checkpoint is that member's
 `TrainState`, so a member resumes in any pack (or unpacked) from it. A diverged member stops
 updating (its slots are masked) and is finished at once; the others go on.
 """
@@ -316,6 +317,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             x0, y0 = batches[fast[0]]
             xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in range(K)])
             ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
+            drawn_from = {k: states[k].generators["noise"].get_state() for k in measured}
             noise = _draw(states, fast, order, shapes, opts, x0)
             old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
             loss, acc = program(stack.params, stack.buffers, xs, ys, noise)
@@ -330,7 +332,8 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             if measured:
                 at = loss.detach().tolist()
                 measure_members(step, {k: Member(states[k].probes, states[k].model, cells[k].lr, at[k], before[k],
-                                                 stack.member(k)) for k in measured},
+                                                 stack.member(k), _again(states[k], before[k], batches[k][0], drawn_from[k]))
+                                       for k in measured},
                                 _evaluator(probe_program, stack, xs, ys, noise))
         done = step + 1
         for k in live:
@@ -356,6 +359,21 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         record_eval(states[k], results[k], data, t.steps, t.eval_batch_size, on_evals[k])
         end(k)
     return results
+
+
+def _again(st: TrainState, w: dict[str, torch.Tensor], x: torch.Tensor, drawn_from: torch.Tensor) -> Callable[[], None]:
+    """The member's training forward pass again, for what reads it (its module at w on batch x, in training mode,
+    its noise drawn again from the generator state `drawn_from`, running statistics on copies)."""
+    def run() -> None:
+        gen = st.generators["noise"]
+        after = gen.get_state()
+        gen.set_state(drawn_from)
+        try:
+            with torch.no_grad():
+                functional_call(st.model, {**w, **{n: b.clone() for n, b in st.model.named_buffers()}}, (x,))
+        finally:
+            gen.set_state(after)
+    return run
 
 
 PROBE_SAMPLES = 16384  # samples in one stacked probe pass (16 points of a 1000-sample batch): bounds its memory

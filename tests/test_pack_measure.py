@@ -91,17 +91,33 @@ def test_measurements_do_not_change_packed_training(arch, norm):
         assert (on.steps, on.evals, on.status) == (plain.steps, plain.evals, plain.status)
 
 
-def test_only_point_measurements_go_on_the_stack():
-    """ICS and the landscape are measured by points; activations and curvature read the member's own module."""
+def test_only_curvature_takes_the_step_unpacked():
+    """ICS and the landscape are measured by points, activations from the forward pass again; curvature reads the
+    member's own module, so a step where it is due is no stacked step."""
     from bnsweep.measure.session import Measurements
     from bnsweep.models import build_model
     from bnsweep.norms import norm_layer
 
-    c = members("dln", "batch", steps=10, measure={**STACKED, "activations": {"every": 5, "layers": [1]}})[0]
+    c = members("dln", "batch", steps=10, measure={**STACKED, "activations": {"every": 3, "layers": [1]},
+                                                   "curvature": {"steps": [8]}})[0]
     model = build_model(c.arch, c.model, norm_layer(c.norm, c.norm_options, None), _info(c))
     probes = Measurements(c.measure, model, 10, 0)
-    assert [by_points(probes, s) for s in (0, 4, 5, 8, 9)] == [False, True, False, True, False]
+    assert [by_points(probes, s) for s in (0, 3, 4, 5, 6, 8, 9)] == [False, True, True, True, True, False, False]
     assert not by_points(probes, 1)  # nothing due
+
+
+@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("dln", "l2"), ("vgg_mini", "noisy_batch")])
+def test_activations_from_the_forward_pass_again(monkeypatch, arch, norm):
+    """Activations with ICS and the landscape, all on the stack: the member's forward pass again, its noise redrawn."""
+    measure = {**STACKED, "activations": {"every": 2, "layers": [1, 3]}}
+    cells = members(arch, norm, steps=6 if arch == "vgg_mini" else 10, eval_every=5, measure=measure)
+    no_unpacked_step(monkeypatch)
+    packed = train_pack(cells, dtype=F64)
+    monkeypatch.undo()
+    for c, p in zip(cells, packed):
+        u = train_cell(c, dtype=F64)
+        assert u.measure_rows["activations"]
+        same_result(u, p)
 
 
 def _info(c):

@@ -43,6 +43,7 @@ class Measurement:
     retired: ClassVar[list[tuple[str, pa.DataType]]] = []
     example: ClassVar[dict[str, Any]]
     summary: ClassVar[Callable[[pl.LazyFrame], pl.LazyFrame] | None] = None
+    in_forward: ClassVar[bool] = False  # its rows come from the training forward pass (before_forward's hooks, collect)
 
     def __init__(self, options: Schedule, model: nn.Module, seed: int):
         self.options, self.model, self.seed = options, model, seed
