@@ -106,7 +106,8 @@ def test_only_curvature_takes_the_step_unpacked():
     assert not by_points(probes, 1)  # nothing due
 
 
-@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("dln", "l2"), ("vgg_mini", "noisy_batch")])
+@pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("dln", "l2"),
+                                       pytest.param("vgg_mini", "noisy_batch", marks=pytest.mark.slow)])
 def test_activations_from_the_forward_pass_again(monkeypatch, arch, norm):
     """Activations with ICS and the landscape, all on the stack: the member's forward pass again, its noise redrawn."""
     measure = {**STACKED, "activations": {"every": 2, "layers": [1, 3]}}
