@@ -12,9 +12,15 @@ it, in the unpacked order: batch indices and augmentation from the member's gene
 noisy BatchNorm's noise, drawn with the member's noise generator and passed in as stacked inputs.
 BatchNorm's and l_p's running statistics are stacked buffers updated inside vmap.
 
-A member whose measurements are due at a step takes that step unpacked (`train.train_step` on its
-own module, synced from and back to the stack), so measurements are exactly the unpacked code.
-Evaluations and checkpoints also go through the member's module; a checkpoint is that member's
+Measurements made of losses and gradients at points on the step's batch (ICS, landscape) and those
+of the forward pass (activations) leave the member's step in the stack, the program it runs
+unmeasured, so they cannot change its training: they are taken afterwards by `measure.stacked` from
+copies off the stack, every due member's points and its gradient at w run as the members of one
+stacked network on the samples (`_evaluator`; for the DLN the samples form of `StackedDLN`, also where
+the moment form trains), activations from the member's module run forward again at w (`_again`).
+A member with curvature due (Hessian-vector products on its own module) takes that step unpacked
+(`train.train_step` on its module, synced from and back to the stack). Evaluations and checkpoints
+go through the member's module; a checkpoint is that member's
 `TrainState`, so a member resumes in any pack (or unpacked) from it. A diverged member stops
 updating (its slots are masked) and is finished at once; the others go on.
 """
@@ -32,6 +38,7 @@ from torch.func import functional_call, vmap
 
 from bnsweep.data import DATASETS, Data, load_data
 from bnsweep.dln_pack import MOMENT_NORMS, StackedDLN, moments
+from bnsweep.measure.stacked import Evaluate, Member, by_points, measure_members
 from bnsweep.models import build_model
 from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
 from bnsweep.performance import checks_every
@@ -127,6 +134,10 @@ class Stack:
         self.neg_lr = torch.tensor([-lr for lr in lrs], dtype=dtype, device=dev)
         for k in range(len(states)):
             self.push(k)  # momentum from a resumed optimizer
+
+    def member(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's weights, copied off the stack."""
+        return {n: p[k].detach().clone() for n, p in self.params.items()}
 
     def pull(self, k: int) -> None:
         """Member k's module and optimizer take their stacked values."""
@@ -288,30 +299,42 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         if finished is not None:
             finished(k, results[k])
 
+    probe_program = (StackedDLN(template, order, lf, classification) if isinstance(program, StackedDLN) and program.m is not None
+                     else program)  # probes run on the samples, as the unpacked step's do
+
     for step in range(states[0].step, t.steps):
         batches = {k: next_batch(states[k], data, augment) for k in live}
-        probed = [k for k in live if any(step in steps for _, steps in states[k].probes.active)]
-        for k in probed:  # measured steps run unpacked, on the member's own module
+        measured = [k for k in live if by_points(states[k].probes, step)]  # measured on the stack
+        alone = [k for k in live if k not in measured and states[k].probes.due(step)]
+        for k in alone:  # measurements that read the member's own module (activations, curvature): the step unpacked
             stack.pull(k)
             train_step(states[k], step, *batches[k], lf, classification)
             stack.push(k)
-        fast = [k for k in live if k not in probed]
+        fast = [k for k in live if k not in alone]
         if fast:
             mask = torch.zeros(K, dtype=torch.bool, device=dev)
             mask[fast] = True
             x0, y0 = batches[fast[0]]
             xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in range(K)])
             ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
+            drawn_from = {k: states[k].generators["noise"].get_state() for k in measured}
             noise = _draw(states, fast, order, shapes, opts, x0)
             old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
             loss, acc = program(stack.params, stack.buffers, xs, ys, noise)
             names = list(stack.params)
             grads = torch.autograd.grad(loss.sum(), [stack.params[n] for n in names], allow_unused=True)
+            before = {k: stack.member(k) for k in measured}
             stack.update(dict(zip(names, grads)), mask, old)
             with torch.no_grad():
                 losses[:, step] = torch.where(mask, loss.detach().to(torch.float64), losses[:, step])
                 if classification:
                     accs[:, step] = torch.where(mask, acc.to(torch.float64), accs[:, step])
+            if measured:
+                at = loss.detach().tolist()
+                measure_members(step, {k: Member(states[k].probes, states[k].model, cells[k].lr, at[k], before[k],
+                                                 stack.member(k), _again(states[k], before[k], batches[k][0], drawn_from[k]))
+                                       for k in measured},
+                                _evaluator(probe_program, stack, xs, ys, noise))
         done = step + 1
         for k in live:
             states[k].step = done
@@ -336,6 +359,48 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         record_eval(states[k], results[k], data, t.steps, t.eval_batch_size, on_evals[k])
         end(k)
     return results
+
+
+def _again(st: TrainState, w: dict[str, torch.Tensor], x: torch.Tensor, drawn_from: torch.Tensor) -> Callable[[], None]:
+    """The member's training forward pass again, for what reads it (its module at w on batch x, in training mode,
+    its noise drawn again from the generator state `drawn_from`, running statistics on copies)."""
+    def run() -> None:
+        gen = st.generators["noise"]
+        after = gen.get_state()
+        gen.set_state(drawn_from)
+        try:
+            with torch.no_grad():
+                functional_call(st.model, {**w, **{n: b.clone() for n, b in st.model.named_buffers()}}, (x,))
+        finally:
+            gen.set_state(after)
+    return run
+
+
+PROBE_SAMPLES = 16384  # samples in one stacked probe pass (16 points of a 1000-sample batch): bounds its memory
+
+
+def _evaluator(program, stack: Stack, xs: torch.Tensor, ys: torch.Tensor, noise: list) -> Evaluate:
+    """`measure.stacked`'s evaluate: (loss, gradient) at each (member, params, wrt), on that member's slot of the
+    step's stacked batch and noise, the points run as the members of `program` (running statistics on copies)."""
+    names = list(stack.params)
+    per = max(1, PROBE_SAMPLES // xs.shape[1])
+
+    def evaluate(points: list) -> list[tuple[float, dict[str, torch.Tensor]]]:
+        out = []
+        for i in range(0, len(points), per):
+            chunk = points[i : i + per]
+            idx = torch.tensor([k for k, _, _ in chunk], device=xs.device)
+            params = {n: torch.stack([p[n].detach() for _, p, _ in chunk]).requires_grad_() for n in names}
+            buffers = {n: b.index_select(0, idx) for n, b in stack.buffers.items()}
+            given = [(s.index_select(0, idx), m.index_select(0, idx)) for s, m in noise]
+            loss, _ = program(params, buffers, xs.index_select(0, idx), ys.index_select(0, idx), given)
+            grads = torch.autograd.grad(loss.sum(), [params[n] for n in names], allow_unused=True)
+            for j, ((_, _, wrt), value) in enumerate(zip(chunk, loss.detach().tolist())):
+                out.append((value, {n: g[j] if g is not None else torch.zeros_like(params[n][j])
+                                    for n, g in zip(names, grads) if wrt is None or n in wrt}))
+        return out
+
+    return evaluate
 
 
 def _moments_if_exact(cell: CellConfig, data: Data, batch: int) -> dict | None:

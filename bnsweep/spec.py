@@ -443,8 +443,8 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[CellConfig]:
 
 # Packing: cells that differ only in lr and seed train together as one program (bnsweep/pack.py).
 # K for `pack: auto`, per device and model family, from bench/pack.py (README, Packed cells): on CPU the
-# largest K measured that wins; the CUDA figures await bench/gpu.py.
-PACK_AUTO = {"cpu": {"dln": 8, "vgg": 8}, "cuda": {"dln": 8, "vgg": 8}}
+# K of the best measured ratio (32 for both: the largest measured); the CUDA figures await bench/gpu.py.
+PACK_AUTO = {"cpu": {"dln": 32, "vgg": 32}, "cuda": {"dln": 8, "vgg": 8}}
 
 
 def pack_size(cell: CellConfig) -> int:

@@ -55,6 +55,7 @@ class Activations(Measurement):
                ("min", pa.float64()), *[(c, pa.float64()) for c in Q_COLS], ("max", pa.float64())]
 
     example = {"every": 5, "layers": [1, 3]}
+    in_forward = True
 
     def __init__(self, options, model, seed):
         import torch

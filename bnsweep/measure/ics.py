@@ -13,7 +13,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from bnsweep.limits import MAX_DEPTH
-from bnsweep.measure.base import Measurement
+from bnsweep.measure.base import Measurement, Point
 from bnsweep.measure.schedule import Schedule
 from bnsweep.options import unique
 
@@ -62,19 +62,25 @@ class Ics(Measurement):
             index=["cell_id", "step", "layer"], variable_name="quantity"
         )
 
-    def after_backward(self, ctx: StepContext) -> list[dict]:
+    def points(self, ctx: StepContext) -> list[Point]:
+        """Per layer k: the weights with layers 1..k-1 (and their norms) moved by the step, W_k to differentiate."""
+        names = [n for n, _ in ctx.model.named_parameters()]
+        w, moved_all = ctx.params(), ctx.stepped()
+        out = []
+        for k in self.options.layers:
+            target = weight_names(ctx.model)[k - 1]
+            before = set(names[: names.index(target)])  # layers 1..k-1 and their norms
+            out.append(({n: moved_all[n] if n in before else w[n] for n in names}, [target]))
+        return out
+
+    def rows(self, ctx: StepContext, results: list) -> list[dict]:
         import torch
 
         from bnsweep.measure.probe import norm2
 
-        names = [n for n, _ in ctx.model.named_parameters()]
-        w, moved_all, g = ctx.params(), ctx.stepped(), ctx.grad()
-        rows = []
-        for k in self.options.layers:
+        g, rows = ctx.grad(), []
+        for k, (_, gp) in zip(self.options.layers, results):
             target = weight_names(ctx.model)[k - 1]
-            before = set(names[: names.index(target)])  # layers 1..k-1 and their norms
-            moved = {n: moved_all[n] if n in before else w[n] for n in names}
-            _, gp = ctx.grad_at(moved, wrt=[target])
             a, b = g[target].double(), gp[target].double()
             rows.append(
                 {

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from bnsweep.limits import MAX_ETA, MAX_PROBE_POINTS
-from bnsweep.measure.base import Measurement
+from bnsweep.measure.base import Measurement, Point
 from bnsweep.measure.schedule import Schedule
 from bnsweep.options import Options
 
@@ -69,15 +69,22 @@ class Landscape(Measurement):
             loss_band=pl.col("loss").filter(finite).max() / pl.col("loss").filter(finite).min(),
         ).unpivot(index=["cell_id", "step"], variable_name="quantity")
 
-    def after_backward(self, ctx: StepContext) -> list[dict]:
-        from bnsweep.measure.probe import norm2
+    def points(self, ctx: StepContext) -> list[Point]:
+        """w - eta g for each eta, every parameter differentiated."""
+        import torch
 
         w, g = ctx.params(), ctx.grad()
+        names, ws, gs = list(w), list(w.values()), [g[n] for n in w]
+        return [(dict(zip(names, torch._foreach_add(ws, gs, alpha=-eta))), None) for eta in self.options.eta.values(ctx.lr)]
+
+    def rows(self, ctx: StepContext, results: list) -> list[dict]:
+        from bnsweep.measure.probe import norm2
+
+        g = ctx.grad()
         g_norm = norm2(g.values())
         rows = []
-        for eta in self.options.eta.values(ctx.lr):
-            loss, g_eta = ctx.grad_at({n: w[n] - eta * g[n] for n in w})
-            diff = norm2([g[n] - g_eta[n] for n in w])
+        for eta, (loss, g_eta) in zip(self.options.eta.values(ctx.lr), results):
+            diff = norm2([g[n] - g_eta[n] for n in g])
             rows.append({"eta": eta, "eta_rel": eta / ctx.lr, "loss": loss, "grad_diff_l2": diff, "grad_norm": g_norm,
                          "loss_at_w": ctx.loss, "smoothness": diff / (eta * g_norm) if g_norm > 0 else float("nan")})
         beta = max((r["smoothness"] for r in rows), default=float("nan"))

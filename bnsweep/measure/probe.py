@@ -88,6 +88,29 @@ class StepContext:
         return {n: copy_of[id(p)] for n, p in zip(names, ps)}
 
 
+@dataclass
+class Known:
+    """A step whose weights, gradient and updated weights are given outright (a packed member's, taken from
+    the stack): what `Measurement.points` and `Measurement.rows` read, as they read a `StepContext`."""
+
+    step: int
+    model: nn.Module  # the member's module: parameter names and layer structure only
+    lr: float
+    loss: float  # the training loss at w on this batch
+    w: Params
+    g: Params  # the gradient at w on this batch
+    moved: Params  # w after this step's update
+
+    def params(self) -> Params:
+        return self.w
+
+    def grad(self) -> Params:
+        return self.g
+
+    def stepped(self) -> Params:
+        return self.moved
+
+
 def norm2(ts) -> float:
     """Euclidean norm over a collection of tensors, as if concatenated."""
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in ts))

@@ -25,8 +25,17 @@ class Measurements:
         # CUDA runs ahead of the host: time a measurement only after the queued training work is done
         self.sync = torch.cuda.synchronize if any(p.is_cuda for p in model.parameters()) else (lambda: None)
 
+    def due(self, step: int) -> list[Measurement]:
+        """The measurements scheduled at `step`."""
+        return [m for m, steps in self.active if step in steps]
+
+    def add(self, m: Measurement, step: int, rows: list[dict], seconds: float) -> None:
+        """Rows of `m` at `step` and the seconds they took."""
+        self.seconds[m.name] += seconds
+        self.rows[m.name] += [{"step": step, "mode": "train", "definition": m.definition, **r} for r in rows]
+
     def before_forward(self, step: int) -> None:
-        self.current = [m for m, steps in self.active if step in steps]
+        self.current = self.due(step)
         if not self.current:
             return
         self.rng_before = [(g, g.get_state()) for g in generators(self.model)]
@@ -47,8 +56,7 @@ class Measurements:
                 t0 = time.perf_counter()
                 rows = m.after_backward(ctx) + m.collect()
                 self.sync()
-                self.seconds[m.name] += time.perf_counter() - t0
-                self.rows[m.name] += [{"step": step, "mode": "train", "definition": m.definition, **r} for r in rows]
+                self.add(m, step, rows, time.perf_counter() - t0)
         finally:
             for g, state in after_forward:  # training goes on with the noise it would have drawn
                 g.set_state(state)
