@@ -125,6 +125,7 @@ def smooth_rows(lr: float, batch: list[float], none: list[float], quantity: str 
             for n, vals in (("batch", batch), ("none", none)) for s, v in enumerate(vals)]
 
 
+@pytest.mark.slow
 def test_the_primary_decides_and_a_significant_secondary_contradiction_withholds_it():
     lrs, low, high = (0.05, 0.2, 1.0), [2.0, 2.1, 1.9, 2.05], [20.0, 21.0, 19.0, 20.5]
     groups = [cells("vgg_mini", n, lr, [0.9, 0.91, 0.92, 0.9]) for n in ("batch", "none") for lr in lrs]

@@ -53,6 +53,7 @@ def check(cs, **kw):
         assert torch.isnan(losses[len(want):, j]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norms", [MOMENT_NORMS, SAMPLE_NORMS])
 def test_every_norm_and_option_mixed_in_one_call_matches_train_cell(norms):
     """Every norm x every reading option, one seed and lr each, in a single call (6 layers: cheaper)."""
@@ -63,6 +64,7 @@ def test_every_norm_and_option_mixed_in_one_call_matches_train_cell(norms):
     check(cs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", MOMENT_NORMS + SAMPLE_NORMS)
 def test_each_norm_matches_train_cell(norm):
     check(cells(norm, lrs=(1e-8, 5e-9), steps=60))
@@ -72,6 +74,7 @@ def test_moment_and_sample_norms_mix_in_one_call():
     check(cells("batch", steps=20, depth=6) + cells("l1", steps=20, depth=6) + cells("noisy_batch", steps=20, depth=6))
 
 
+@pytest.mark.slow
 def test_divergence_step_and_parking_match_train_cell():
     cs = cells("none", lrs=(3e-4, 1e-8), steps=100)
     losses, diverged = train_batched(cs, dtype=torch.float64)

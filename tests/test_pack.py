@@ -110,6 +110,7 @@ def test_dln_pack_is_batched_math_not_vmap(monkeypatch):
         assert [r.status for r in train_pack(cells, dtype=F64)] == ["done", "done"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("dln", "batch"), ("dln", "l1"), ("vgg_mini", "batch")])
 def test_measurements_run_per_member(arch, norm):
     cells = members(arch, norm, steps=12, eval_every=6, measure=MEASURE_ALL)
@@ -121,7 +122,7 @@ def test_measurements_run_per_member(arch, norm):
     assert packed[0].measure_rows != packed[1].measure_rows  # each member measured itself
 
 
-@pytest.mark.parametrize("arch,norm", [("dln", "batch"), ("vgg_mini", "noisy_batch")])
+@pytest.mark.parametrize("arch,norm", [("dln", "batch"), pytest.param("vgg_mini", "noisy_batch", marks=pytest.mark.slow)])
 def test_momentum_and_weight_decay_as_torch_sgd(arch, norm):
     """SGD with momentum and decay on the stack; measured steps hand the momentum to torch.optim.SGD and back."""
     cells = [CellConfig.model_validate({**c.model_dump(by_alias=True),
@@ -135,6 +136,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("vgg_mini", "l2")])
 def test_resumed_pack_equals_uninterrupted_pack(arch, norm):
     cells = [CellConfig.model_validate({**c.model_dump(by_alias=True), "checkpoint_every": 8})
