@@ -65,7 +65,8 @@ def cifar_cell(**change) -> CellConfig:
 
 @pytest.mark.parametrize("change", [
     {"dataset.root": "/mnt/elsewhere/cifar"}, {"dataset.download": True}, {"device": "cuda"}, {"resources": {"cpu": 4, "gpu": 1}},
-    {"checkpoint_every": 7}, {"execution": {"pack": 4}},
+    {"checkpoint_every": 7}, {"execution": {"pack": 4}}, {"performance": {"channels_last": True}},
+    {"performance": {"cudnn_benchmark": False}}, {"performance": {"precision": "highest"}},
 ], ids=lambda c: next(iter(c)))
 def test_where_a_cell_runs_and_where_its_data_sits_keep_its_id(change):
     assert cifar_cell(**change).cell_id == cifar_cell().cell_id
@@ -79,6 +80,41 @@ def test_where_a_cell_runs_and_where_its_data_sits_keep_its_id(change):
 ], ids=lambda c: next(iter(c)))
 def test_anything_that_changes_results_changes_the_id(change):
     assert cifar_cell(**change).cell_id != cifar_cell().cell_id
+
+
+# what a cell's id hashes, written out by hand: the fields that change a result and nothing else
+CIFAR_IDENTITY = {
+    "sweep": "t", "arch": "vgg11", "norm": "batch", "lr": 0.1, "seed": 0, "dataset": {"name": "cifar10"},
+    "model": {"width": 1.0, "head": "linear", "mlp_hidden": 512}, "norm_options": {"momentum": 0.1, "eps": 1e-05},
+    "train": {"steps": 100, "batch_size": 16, "eval_every": 50, "momentum": 0.0, "weight_decay": 0.0, "augment": False,
+              "divergence_factor": 1000.0, "eval_batch_size": 1000},
+    "train_version": 1,
+}
+
+
+def test_a_cells_identity_is_its_result_fields_and_the_training_version():
+    assert cifar_cell().identity() == CIFAR_IDENTITY  # no measure section, no precision at its default
+    digits = cifar_cell(arch="vgg_mini", dataset={"name": "digits"})  # a data set with no root to drop
+    assert digits.identity()["dataset"] == {"name": "digits", "test_fraction": 0.2, "split_seed": 0}
+
+
+def test_measurements_and_tf32_enter_the_identity_as_a_sweep_file_spells_them():
+    """Options as the YAML names them (`from`, not the Python field `from_`), unset ones left out; TF32 by its name."""
+    c = cifar_cell(measure={"landscape": {"every": 5, "eta": {"points": 3}}, "ics": {"every": 10, "layers": [1]}},
+                   performance={"precision": "high"})
+    assert c.identity() == {**CIFAR_IDENTITY, "precision": "high", "measure": {
+        "ics": {"every": 10, "layers": [1]},
+        "landscape": {"every": 5, "eta": {"from": 0.5, "to": 4.0, "points": 3, "spacing": "log", "relative_to": "lr"}}}}
+
+
+def test_the_id_is_the_first_16_hex_digits_of_the_sha256_of_the_sorted_compact_json():
+    """Recomputed by hand from the identity above: the ids results and checkpoints already on disk carry."""
+    import hashlib
+    import json
+
+    blob = json.dumps(CIFAR_IDENTITY, sort_keys=True, separators=(",", ":")).encode()
+    assert cifar_cell().spec_hash == hashlib.sha256(blob).hexdigest()
+    assert cifar_cell().cell_id == hashlib.sha256(blob).hexdigest()[:16] == "2056086c7b342145"
 
 
 def test_newcombes_interval_matches_his_1998_worked_example():
