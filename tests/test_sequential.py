@@ -5,7 +5,6 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
 from synthetic import SWEEP, write_measurements, write_runs
 
 from analysis import claims, load, outcomes, sequential, smoothness, verdicts
