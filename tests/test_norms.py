@@ -5,7 +5,20 @@ import math
 import pytest
 import torch
 
-from bnsweep.norms import NORMS, BatchNorm, LpNorm, NoisyBatchNorm, NoisyBatchOptions, sample_noise
+from bnsweep.norms import (
+    NORMS,
+    BatchNorm,
+    BatchOptions,
+    L2Norm,
+    LpNorm,
+    LpOptions,
+    NoisyBatchNorm,
+    NoisyBatchOptions,
+    NoNorm,
+    norm_layer,
+    sample_noise,
+)
+from bnsweep.options import NoOptions
 
 SHAPES = {"conv": (6, 3, 4, 5), "linear": (32, 3)}
 
@@ -149,3 +162,18 @@ def test_lp_scale_is_taken_before_centring():
     layer = LpNorm.__subclasses__()[1](1)  # l2
     x = torch.randn(1000, 1)
     assert layer.scale(x + 5).item() > 4 * layer.scale(x).item()
+
+
+def test_norm_layer_builds_the_named_variant_with_its_options_and_one_generator():
+    """What a model calls per layer: each width gets its own layer, all with the sweep's options and generator."""
+    gen = torch.Generator().manual_seed(0)
+    noisy = NoisyBatchOptions(n_mu=0.2, momentum=0.3, eps=1e-3)
+    make = norm_layer("noisy_batch", noisy, gen)
+    a, b = make(4), make(6)
+    assert type(a) is NoisyBatchNorm and (a.num_features, b.num_features) == (4, 6)
+    assert a.generator is gen and b.generator is gen and a.noise is noisy and (a.momentum, a.eps) == (0.3, 1e-3)
+    bn = norm_layer("batch", BatchOptions(momentum=0.2, eps=1e-4))(3)
+    assert type(bn) is BatchNorm and (bn.num_features, bn.momentum, bn.eps) == (3, 0.2, 1e-4)
+    lp = norm_layer("l2", LpOptions(momentum=0.5, eps=1e-3))(5)
+    assert type(lp) is L2Norm and lp.weight.shape == (5,) and (lp.momentum, lp.eps) == (0.5, 1e-3)
+    assert type(norm_layer("none", NoOptions())(3)) is NoNorm
