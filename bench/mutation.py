@@ -10,7 +10,8 @@ and every survivor with its diff and why it is kept, from bench/mutation_equival
 in the README.
 
 score = (killed + timeout) / mutants; a mutant that no selected test reaches counts against it.
-With module names, only those run; the report keeps the others' last results.
+With module names, only those run; the report keeps the others' last results. `--report` only rewrites the
+report from the results under .mutation/ (after editing bench/mutation_equivalent.json).
 """
 
 from __future__ import annotations
@@ -146,19 +147,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    unknown = [m for m in argv if m not in MODULES]
-    if unknown:
-        print(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}", file=sys.stderr)
-        return 2
-    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    equivalent = json.loads(EQUIVALENT.read_text())
-    for name in argv or MODULES:
-        m, work = MODULES[name], WORK / name
-        prepare(work, [m.file], m.tests)
-        mutmut(work, "run", *m.functions, check=True)
-        report[name] = summary(m, results(work), work, equivalent)
-        print(f"{name}: {report[name]['mutants']} mutants, {report[name]['killed']} killed, score {report[name]['score']}")
+def write(report: dict) -> None:
+    """The JSON report, docs/mutation.md and the README's table, from `report` (module -> summary)."""
     report = {name: report[name] for name in MODULES if name in report}
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -166,6 +156,27 @@ def main(argv: list[str]) -> int:
     readme = README.read_text()
     start, end = (readme.index(mark) for mark in TABLE_MARKS)
     README.write_text(readme[:start + len(TABLE_MARKS[0])] + "\n" + "\n".join(score_table(report)) + "\n" + readme[end:])
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--report"]:  # the report again from the results under .mutation/ (after editing the equivalent list)
+        equivalent = json.loads(EQUIVALENT.read_text())
+        write({name: summary(m, results(WORK / name), WORK / name, equivalent)
+               for name, m in MODULES.items() if (WORK / name / "mutants").exists()})
+        return 0
+    unknown = [m for m in argv if m not in MODULES]
+    if unknown:
+        print(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}", file=sys.stderr)
+        return 2
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    equivalent = json.loads(EQUIVALENT.read_text())
+    for name in argv or MODULES:  # the report is written after each module: an interrupted run keeps what it did
+        m, work = MODULES[name], WORK / name
+        prepare(work, [m.file], m.tests)
+        mutmut(work, "run", *m.functions, check=True)
+        report[name] = summary(m, results(work), work, equivalent)
+        write(report)
+        print(f"{name}: {report[name]['mutants']} mutants, {report[name]['killed']} killed, score {report[name]['score']}")
     unexplained = [s["name"] for r in report.values() for s in r["survivors"] if not s["why_kept"]]
     if unexplained:
         print(f"{len(unexplained)} survivors without a reason: see {DOC.relative_to(ROOT)}", file=sys.stderr)
