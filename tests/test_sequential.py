@@ -134,3 +134,16 @@ def test_the_report_follows_the_sweeps_design_file(synthetic, tmp_path):
     want = [(v.spec.id, v.verdict, v.look) for v in sequential.verdicts_of(out, smooth, design, at)]
     assert [(v.spec.id, v.verdict, v.look) for v in found] == want
     assert want != [(v.spec.id, v.verdict, v.look) for v in sequential.verdicts_of(out, smooth, design)]
+
+
+def test_each_look_tests_at_its_own_share_of_alpha(synthetic):
+    """At alpha 0.3 the fixed-n rule supports bn_tolerates_lr and bn_widens_range; two looks spend 0.186 and 0.114 of
+    it, and at those levels neither is supported at either look (bn_smoother and bn_predictive still are)."""
+    _, out, smooth = synthetic
+    at = Settings(alpha=0.3)
+    assert [round(a, 3) for a in Design(1, 1, 2).alphas(0.3)] == [0.186, 0.114]
+    fixed = {v.spec.id: v.verdict for v in claims.check(out, smooth, at)}
+    assert fixed["bn_tolerates_lr"] == fixed["bn_widens_range"] == verdicts.SUPPORTED
+    got = {v.spec.id: (v.verdict, v.look) for v in sequential.verdicts_of(out, smooth, Design(1, 1, 2), at)}
+    assert got["bn_tolerates_lr"] == got["bn_widens_range"] == (verdicts.INCONCLUSIVE, 1)
+    assert got["bn_smoother"] == got["bn_predictive"] == (verdicts.SUPPORTED, 1)
