@@ -11,7 +11,8 @@ in the README.
 
 score = (killed + timeout) / mutants; a mutant that no selected test reaches counts against it.
 With module names, only those run; the report keeps the others' last results. `--report` only rewrites the
-report from the results under .mutation/ (after editing bench/mutation_equivalent.json).
+report from the results under .mutation/ (after editing bench/mutation_equivalent.json); `--survivors MODULE ...`
+re-tests only the mutants that survived the module's last run (after adding tests).
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def score_table(report: dict) -> list[str]:
     lines = ["| module | file | mutants | killed | timeout | survived | score |", "|---|---|---|---|---|---|---|"]
     for name, r in report.items():
         survived = r["mutants"] - r["killed"] - r["timeout"]
-        lines.append(f"| {name} | `{r['file']}` | {r['mutants']} | {r['killed']} | {r['timeout']} | {survived} | "
+        partial = f" (stopped: {r['not_run']} more not run)" if r["not_run"] else ""
+        lines.append(f"| {name}{partial} | `{r['file']}` | {r['mutants']} | {r['killed']} | {r['timeout']} | {survived} | "
                      f"{100 * r['score']:.1f} % |")
     lines += [f"| {name} | `{m.file}` | not run | | | | |" for name, m in MODULES.items() if name not in report]
     return lines
@@ -164,6 +166,8 @@ def main(argv: list[str]) -> int:
         write({name: summary(m, results(WORK / name), WORK / name, equivalent)
                for name, m in MODULES.items() if (WORK / name / "mutants").exists()})
         return 0
+    again = argv[:1] == ["--survivors"]  # re-test only what survived the last run (after adding tests)
+    argv = argv[again:]
     unknown = [m for m in argv if m not in MODULES]
     if unknown:
         print(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}", file=sys.stderr)
@@ -173,7 +177,9 @@ def main(argv: list[str]) -> int:
     for name in argv or MODULES:  # the report is written after each module: an interrupted run keeps what it did
         m, work = MODULES[name], WORK / name
         prepare(work, [m.file], m.tests)
-        mutmut(work, "run", *m.functions, check=True)
+        names = [n for n, c in results(work).items() if status(c) not in KILLED and matching([n], m.functions)] if again else m.functions
+        if names:
+            mutmut(work, "run", *names, check=True)
         report[name] = summary(m, results(work), work, equivalent)
         write(report)
         print(f"{name}: {report[name]['mutants']} mutants, {report[name]['killed']} killed, score {report[name]['score']}")
