@@ -227,3 +227,19 @@ def test_run_heals_a_cells_file_holding_another_cells_row(tmp_path, capsys):
     aside = sorted(os.path.relpath(p, layout.damaged_dir(store.root)).split("/")[0] for p in moved_aside(store))
     assert aside == ["cells", "evals", "steps"]  # the foreign row and the files it left unproven, all of cell a
     assert all(f"/{a.cell_id}.parquet." in p for p in moved_aside(store))
+
+
+def test_an_unreadable_file_has_no_hash_and_says_why_in_one_line_of_120_characters(tmp_path):
+    store = Store(str(tmp_path))
+    path = f"{store.root}/{'a' * 150}.parquet"  # missing, with an error message longer than 120 characters
+    with pytest.raises(OSError) as raised:
+        store.fs.open_input_stream(path)
+    first = str(raised.value).splitlines()[0]
+    assert len(first) > 120 and store.root in first
+    f = verify._read(store, path, "steps")
+    assert f.sha256 == "" and (f.rows, f.steps, f.keys, f.row) == (0, None, (), None)
+    assert f.problem == f"unreadable ({first[:120]})"
+
+
+def test_keys_are_shown_by_name_in_key_order():
+    assert verify._show(("c0", "sw", "dln", "batch", 0.1, 2)) == "cell_id=c0, sweep=sw, arch=dln, norm=batch, lr=0.1, seed=2"
