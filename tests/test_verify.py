@@ -243,3 +243,13 @@ def test_an_unreadable_file_has_no_hash_and_says_why_in_one_line_of_120_characte
 
 def test_keys_are_shown_by_name_in_key_order():
     assert verify._show(("c0", "sw", "dln", "batch", 0.1, 2)) == "cell_id=c0, sweep=sw, arch=dln, norm=batch, lr=0.1, seed=2"
+
+
+def test_a_file_of_another_table_keeps_its_hash_and_says_which_columns_do_not_fit(tmp_path):
+    store = Store(str(tmp_path))
+    t = pa.table({"cell_id": ["c"], "sweep": ["s"], "loss": [1.0]})  # no arch, norm, lr, seed: not a steps table
+    pq.write_table(t, str(tmp_path / "x.parquet"))
+    data = (tmp_path / "x.parquet").read_bytes()
+    f = verify._read(store, str(tmp_path / "x.parquet"), "steps")
+    assert f.sha256 == hashlib.sha256(data).hexdigest() and f.rows == 0
+    assert f.problem == "not a steps table: lacks key columns arch, norm, lr, seed"
