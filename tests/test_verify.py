@@ -253,3 +253,13 @@ def test_a_file_of_another_table_keeps_its_hash_and_says_which_columns_do_not_fi
     f = verify._read(store, str(tmp_path / "x.parquet"), "steps")
     assert f.sha256 == hashlib.sha256(data).hexdigest() and f.rows == 0
     assert f.problem == "not a steps table: lacks key columns arch, norm, lr, seed"
+
+
+def test_a_torn_parquet_file_keeps_its_hash_and_says_it_is_unreadable(tmp_path):
+    store = Store(str(tmp_path))
+    pq.write_table(pa.table({"x": [1.0]}), str(tmp_path / "whole.parquet"))
+    torn = (tmp_path / "whole.parquet").read_bytes()[:-20]  # the footer cut off, as a copy interrupted midway
+    (tmp_path / "x.parquet").write_bytes(torn)
+    f = verify._read(store, str(tmp_path / "x.parquet"), "steps")
+    assert f.sha256 == hashlib.sha256(torn).hexdigest() and f.rows == 0
+    assert f.problem.startswith("unreadable Parquet (") and f.problem.endswith(")") and "None" not in f.problem
