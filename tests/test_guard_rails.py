@@ -139,3 +139,32 @@ def test_the_rate_tests_p_values_are_the_score_tests_one_sided():
     want = test_proportions_2indep(3, 8, 7, 8, method="score", compare="diff", alternative="smaller").pvalue
     assert rates(3, 8, 7, 8, "lower", 0.1).p == pytest.approx(want) and want < 0.05
     assert rates(3, 8, 7, 8, "higher", 0.1).p > 0.5
+
+
+@pytest.mark.parametrize("k_a, n_a, k_b, n_b, test, margin", [
+    (1, 3, 3, 3, "lower", 0.5), (0, 8, 7, 8, "lower", 0.3), (5, 6, 1, 6, "higher", 0.2), (2, 5, 2, 5, "higher", 0.4),
+])
+def test_the_rate_tests_are_score_tests_of_the_claim_and_of_its_negation_beyond_the_margin(k_a, n_a, k_b, n_b, test, margin):
+    """p: 'a - b is above 0' (higher) or below; p_against: 'a - b is not beyond the margin the other way'; both
+    Miettinen-Nurminen score tests as statsmodels computes them (at 1/3 vs 3/3 the default method gives 0.079, not 0.057)."""
+    from statsmodels.stats.proportion import test_proportions_2indep
+
+    from analysis.compare import rates
+
+    sign, (claim, against) = (1, ("larger", "smaller")) if test == "higher" else (-1, ("smaller", "larger"))
+    score = lambda value, alt: test_proportions_2indep(k_a, n_a, k_b, n_b, value=value, method="score", compare="diff",
+                                                       alternative=alt).pvalue
+    r = rates(k_a, n_a, k_b, n_b, test, margin)
+    assert r.p == pytest.approx(score(0.0, claim)) and r.p_against == pytest.approx(score(sign * margin, against))
+    assert (r.n_a, r.n_b, r.estimate) == (n_a, n_b, pytest.approx(k_a / n_a - k_b / n_b))
+
+
+def test_a_rate_needs_a_direction_and_one_seed_a_side():
+    from analysis.compare import rates
+
+    assert rates(1, 1, 0, 1, "higher", 0.5).estimate == 1.0  # one seed a side is enough
+    with pytest.raises(ValueError, match=r"^rates take a direction test \(lower, higher\), not 'equivalent'$"):
+        rates(1, 3, 2, 3, "equivalent", 0.1)
+    for n_a, n_b in ((0, 3), (3, 0)):
+        with pytest.raises(ValueError, match="^a rate needs at least one seed on each side$"):
+            rates(0, n_a, 0, n_b, "lower", 0.1)
