@@ -168,3 +168,13 @@ def test_a_rate_needs_a_direction_and_one_seed_a_side():
     for n_a, n_b in ((0, 3), (3, 0)):
         with pytest.raises(ValueError, match="^a rate needs at least one seed on each side$"):
             rates(0, n_a, 0, n_b, "lower", 0.1)
+
+
+def test_seeds_needed_for_a_rate_is_the_normal_power_of_cohens_h_at_alpha():
+    """1/3 vs 3/3, 'lower': the favoured test is the claim's, at Cohen's h = 2 asin(sqrt(1/3)) - 2 asin(1) = -1.91063;
+    two equal groups: n = 2 ((z_0.975 + z_0.8) / h)^2 = 2 ((1.95996 + 0.84162) / 1.91063)^2 = 4.30, so 5 seeds a side;
+    at alpha 0.005, 2 ((2.57583 + 0.84162) / 1.91063)^2 = 6.40, so 7."""
+    from analysis.compare import rates
+
+    assert rates(1, 3, 3, 3, "lower", 0.5).seeds_needed == 5
+    assert rates(1, 3, 3, 3, "lower", 0.5, alpha=0.005).seeds_needed == 7
