@@ -178,3 +178,23 @@ def test_seeds_needed_for_a_rate_is_the_normal_power_of_cohens_h_at_alpha():
 
     assert rates(1, 3, 3, 3, "lower", 0.5).seeds_needed == 5
     assert rates(1, 3, 3, 3, "lower", 0.5, alpha=0.005).seeds_needed == 7
+
+
+@pytest.mark.parametrize("k_a, n_a, k_b, n_b, test, want", [
+    (3, 3, 3, 3, "lower", 7),  # no difference: the negation is favoured, at h = 2 asin(1) - 2 asin(sqrt(0.5)) = pi/2: 6.36
+    (4, 5, 4, 5, "higher", 19),  # the negation shifts 0.8 by 0.5 past 1, held at 1: h = 2 asin(sqrt(0.8)) - pi: 18.26
+])
+def test_seeds_needed_for_a_rate_the_negation_favours_tests_it_against_the_shifted_rate(k_a, n_a, k_b, n_b, test, want):
+    from analysis.compare import rates
+
+    assert rates(k_a, n_a, k_b, n_b, test, 0.5).seeds_needed == want
+
+
+def test_the_rate_interval_is_at_the_confidence_asked_for():
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    from analysis.compare import rates
+
+    r = rates(56, 70, 48, 80, "higher", 0.1, confidence=0.9)
+    want = confint_proportions_2indep(56, 70, 48, 80, method="newcomb", compare="diff", alpha=0.1)
+    assert (r.lo, r.hi) == pytest.approx(want) and 0.0524 < r.lo < r.hi < 0.3339  # inside the 95 % interval
