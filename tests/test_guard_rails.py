@@ -198,3 +198,14 @@ def test_the_rate_interval_is_at_the_confidence_asked_for():
     r = rates(56, 70, 48, 80, "higher", 0.1, confidence=0.9)
     want = confint_proportions_2indep(56, 70, 48, 80, method="newcomb", compare="diff", alpha=0.1)
     assert (r.lo, r.hi) == pytest.approx(want) and 0.0524 < r.lo < r.hi < 0.3339  # inside the 95 % interval
+
+
+def test_seeds_needed_for_means_is_the_t_tests_power_at_the_pooled_spread():
+    """[0, 1, 2] vs [2, 3, 4], 'lower': d = -2, pooled sd 1, so Cohen's d = 2 for the claim; statsmodels' two-sample
+    t power solves n = 5.09 at alpha 0.025 (6 seeds a side) and 7.66 at 0.005 (8); the normal approximation,
+    2 ((1.960 + 0.842) / 2)^2 = 3.93, is the floor a t test must stay above."""
+    from analysis.compare import seeds_needed
+
+    assert seeds_needed([0, 1, 2], [2, 3, 4], "lower", 0.5) == 6
+    assert seeds_needed([0, 1, 2], [2, 3, 4], "lower", 0.5, alpha=0.005) == 8
+    assert seeds_needed([1, 1], [2, 2], "lower", 0.5) is None  # no spread: nothing to solve with
