@@ -209,3 +209,20 @@ def test_seeds_needed_for_means_is_the_t_tests_power_at_the_pooled_spread():
     assert seeds_needed([0, 1, 2], [2, 3, 4], "lower", 0.5) == 6
     assert seeds_needed([0, 1, 2], [2, 3, 4], "lower", 0.5, alpha=0.005) == 8
     assert seeds_needed([1, 1], [2, 2], "lower", 0.5) is None  # no spread: nothing to solve with
+
+
+@pytest.mark.parametrize("test, d, want", [
+    ("lower", -0.3, (0.3, 0.2)),  # claim d < 0: 0.3 inside; negation d >= -m: 0.2 inside
+    ("lower", 0.1, (-0.1, 0.6)),
+    ("higher", 0.3, (0.3, 0.2)),  # claim d > 0; negation d <= m
+    ("higher", -0.1, (-0.1, 0.6)),
+    ("not_lower", -0.3, (0.2, -0.2)),  # claim d > -m; negation d <= -m
+    ("not_lower", -0.7, (-0.2, 0.2)),
+    ("equivalent", 0.3, (0.2, -0.2)),  # claim |d| < m; negation |d| >= m
+    ("equivalent", -0.6, (-0.1, 0.1)),
+])
+def test_how_far_a_difference_lies_inside_the_claim_and_its_negation(test, d, want):
+    """At margin 0.5, by hand: positive inside the hypothesis, negative outside (what seeds_needed solves for)."""
+    from analysis.compare import _distances
+
+    assert _distances(test, d, 0.5) == pytest.approx(want)
