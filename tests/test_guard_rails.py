@@ -226,3 +226,16 @@ def test_how_far_a_difference_lies_inside_the_claim_and_its_negation(test, d, wa
     from analysis.compare import _distances
 
     assert _distances(test, d, 0.5) == pytest.approx(want)
+
+
+def test_seeds_needed_solves_for_the_largest_positive_finite_effect_capped_past_1000():
+    """Cohen (1988): d = 0.5 at alpha 0.05 two-sided (0.025 one-sided), power 0.8, needs 64 a group."""
+    from statsmodels.stats.power import TTestIndPower
+
+    from analysis.compare import MAX_SEEDS, _needed
+
+    power = TTestIndPower()
+    assert _needed(power, [0.5], 0.025) == _needed(power, [-2.0, 0.2, 0.5, float("nan")], 0.025) == 64
+    assert _needed(power, [1e-4], 0.025) == MAX_SEEDS + 1  # "more than 1000"
+    for nothing in ([], [0.0], [-1.0], [float("inf")], [float("nan")]):
+        assert _needed(power, nothing, 0.025) is None
