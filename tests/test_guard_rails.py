@@ -237,5 +237,8 @@ def test_seeds_needed_solves_for_the_largest_positive_finite_effect_capped_past_
     power = TTestIndPower()
     assert _needed(power, [0.5], 0.025) == _needed(power, [-2.0, 0.2, 0.5, float("nan")], 0.025) == 64
     assert _needed(power, [1e-4], 0.025) == MAX_SEEDS + 1  # "more than 1000"
+    assert _needed(power, [1e-300], 0.025) == MAX_SEEDS + 1  # the root finder returns NaN
+    gives_up = SimpleNamespace(solve_power=lambda **kw: 1 / 0)  # or raises
+    assert _needed(gives_up, [0.5], 0.025) == MAX_SEEDS + 1
     for nothing in ([], [0.0], [-1.0], [float("inf")], [float("nan")]):
         assert _needed(power, nothing, 0.025) is None
