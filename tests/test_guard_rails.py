@@ -1,6 +1,7 @@
 """Guard rails with known answers: the divergence check at every position of its window, and which options
 change a cell's identity."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -242,3 +243,14 @@ def test_seeds_needed_solves_for_the_largest_positive_finite_effect_capped_past_
     assert _needed(gives_up, [0.5], 0.025) == MAX_SEEDS + 1
     for nothing in ([], [0.0], [-1.0], [float("inf")], [float("nan")]):
         assert _needed(power, nothing, 0.025) is None
+
+
+def test_means_without_spread_have_a_point_interval_and_no_p_and_two_values_a_side_are_needed():
+    from analysis.compare import means
+
+    r = means([1.0, 1.0], [2.0, 2.0], "lower", 0.5)
+    assert (r.estimate, r.lo, r.hi, r.n_a, r.n_b) == (-1.0, -1.0, -1.0, 2, 2)
+    assert math.isnan(r.p) and math.isnan(r.p_against)  # no spread: no t statistic
+    for a, b in (([1.0], [1.0, 2.0]), ([1.0, 2.0], [])):
+        with pytest.raises(ValueError, match="^a comparison needs at least 2 finite values on each side$"):
+            means(a, b, "lower", 0.5)
