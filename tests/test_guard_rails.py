@@ -254,3 +254,19 @@ def test_means_without_spread_have_a_point_interval_and_no_p_and_two_values_a_si
     for a, b in (([1.0], [1.0, 2.0]), ([1.0, 2.0], [])):
         with pytest.raises(ValueError, match="^a comparison needs at least 2 finite values on each side$"):
             means(a, b, "lower", 0.5)
+
+
+def test_higher_is_welchs_one_sided_test_and_its_negation_is_shifted_by_the_margin():
+    """Claim a > b: scipy's Welch test with alternative 'greater'; its negation within the margin (a - b < m): the same
+    test of a - m against b with alternative 'less'."""
+    from scipy import stats
+
+    from analysis.compare import means
+
+    a, b, m = [1.2, 2.9, 2.1, 3.3], [0.4, 1.1, 0.2], 0.5
+    r = means(a, b, "higher", m)
+    shifted = [x - m for x in a]
+    assert r.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    assert r.p_against == pytest.approx(stats.ttest_ind(shifted, b, equal_var=False, alternative="less").pvalue)
+    with pytest.raises(ValueError, match="^unknown test 'sideways'; known: lower, higher, not_lower, equivalent$"):
+        means(a, b, "sideways", m)
