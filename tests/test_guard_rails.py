@@ -270,3 +270,15 @@ def test_higher_is_welchs_one_sided_test_and_its_negation_is_shifted_by_the_marg
     assert r.p_against == pytest.approx(stats.ttest_ind(shifted, b, equal_var=False, alternative="less").pvalue)
     with pytest.raises(ValueError, match="^unknown test 'sideways'; known: lower, higher, not_lower, equivalent$"):
         means(a, b, "sideways", m)
+
+
+def test_holm_over_one_test_is_that_test_and_a_missing_p_counts_as_one():
+    """Holm (1979): with one p there is nothing to correct; p = alpha rejects (p <= alpha). Over 0.01, 0.03 and a NaN
+    (read as 1): the step-down adjusts to 3 x 0.01 = 0.03, max(0.03, 2 x 0.03) = 0.06 and 1."""
+    from analysis.compare import holm
+
+    assert holm([], 0.05) == ([], [])
+    assert holm([0.025], 0.025) == ([True], [0.025]) and holm([0.03], 0.025) == ([False], [0.03])
+    assert holm([float("nan")], 0.05) == ([False], [1.0])
+    reject, adjusted = holm([float("nan"), 0.01, 0.03], 0.05)
+    assert reject == [False, True, False] and adjusted == pytest.approx([1.0, 0.03, 0.06])
