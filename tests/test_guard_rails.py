@@ -282,3 +282,4 @@ def test_holm_over_one_test_is_that_test_and_a_missing_p_counts_as_one():
     assert holm([float("nan")], 0.05) == ([False], [1.0])
     reject, adjusted = holm([float("nan"), 0.01, 0.03], 0.05)
     assert reject == [False, True, False] and adjusted == pytest.approx([1.0, 0.03, 0.06])
+    assert holm([float("nan"), 0.01, 0.03], 0.025)[0] == [False, False, False]  # 0.03 > 0.025: at the level asked for
