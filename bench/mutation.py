@@ -12,7 +12,7 @@ in the README.
 score = (killed + timeout) / mutants; a mutant that no selected test reaches counts against it.
 With module names, only those run; the report keeps the others' last results. `--report` only rewrites the
 report from the results under .mutation/ (after editing bench/mutation_equivalent.json); `--survivors MODULE ...`
-re-tests only the mutants that survived the module's last run (after adding tests).
+re-tests only the mutants that survived the module's last run or were not run (after adding tests, or a stop).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
         write({name: summary(m, results(WORK / name), WORK / name, equivalent)
                for name, m in MODULES.items() if (WORK / name / "mutants").exists()})
         return 0
-    again = argv[:1] == ["--survivors"]  # re-test only what survived the last run (after adding tests)
+    again = argv[:1] == ["--survivors"]  # only what survived the last run, or was not run (after adding tests, or stopping)
     argv = argv[again:]
     unknown = [m for m in argv if m not in MODULES]
     if unknown:
