@@ -263,3 +263,32 @@ def test_a_torn_parquet_file_keeps_its_hash_and_says_it_is_unreadable(tmp_path):
     f = verify._read(store, str(tmp_path / "x.parquet"), "steps")
     assert f.sha256 == hashlib.sha256(torn).hexdigest() and f.rows == 0
     assert f.problem.startswith("unreadable Parquet (") and f.problem.endswith(")") and "None" not in f.problem
+
+
+def keys_of(c, n: int = 6) -> str:
+    return verify._show((c.cell_id, c.sweep, c.arch, c.norm, c.lr, c.seed)[:n])
+
+
+# damage -> (the damaged steps or cells file's reason, the reason the cell's other files are given)
+REASONS = {
+    "evals as steps": ("not a steps table: has columns split that it lacks", "its steps file: {own}"),
+    "half the steps": ("does not match its recorded hash (10 rows, recorded 20)", "its steps file: {own}"),
+    "another cell's steps": ("holds rows of another cell ({b})", "its steps file: {own}"),
+    "wrong column type": ("columns loss have the wrong type for the steps table", "its steps file: {own}"),
+    "no key columns": ("not a steps table: lacks key columns cell_id, seed", "its steps file: {own}"),
+    "another cell's row": ("holds the row of {b4}, not of its place ({a4})", "{own}"),
+    "empty record": ("its result lacks steps, evals", "{own}"),
+}
+
+
+@pytest.mark.parametrize("kind", REASONS)
+def test_each_damage_is_named_on_the_file_at_fault_and_the_cells_other_files(two_cells, kind):
+    store, (a, b) = two_cells
+    damage(store, [a, b], kind)
+    own, others = REASONS[kind]
+    own = own.format(b=keys_of(b), b4=keys_of(b, 4), a4=keys_of(a, 4))
+    culprit = "cells" if kind in ("another cell's row", "empty record") else "steps"
+    bad = verify.survey(store).bad
+    assert bad[culprit] == {store.path(culprit, a): own}
+    for name in {"cells", "steps", "evals"} - {culprit}:
+        assert bad[name] == {store.path(name, a): "its cell's result does not verify (" + others.format(own=own) + ")"}
