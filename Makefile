@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test test-fast lint bench bench-report bench-gpu device-check device-wheels clean
+.PHONY: setup quickstart test test-fast lint mutation bench bench-report bench-gpu device-check device-wheels clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/vulture  # dead code; settings and the framework-called names: pyproject.toml [tool.vulture]
+
+# mutation testing of the guard rails (mutmut, at nice 19): bench/results/mutation.json and docs/mutation.md;
+# MODULES="compare lock" runs only those (the names are in bench/mutation.py), the report keeps the others' last results
+mutation: setup
+	$(BIN)/python bench/mutation.py $(MODULES)
 
 bench: setup
 	$(BIN)/python bench/overhead.py

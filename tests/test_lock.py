@@ -205,3 +205,36 @@ def test_ls_reads_a_garbage_lock_as_no_driver(store, blob, capsys):
     put(store, blob)
     assert cli.main(["ls", store.uri]) == 0
     assert "running" not in capsys.readouterr().out
+
+
+BASE = {"id": "a", "host": "h", "pid": 10, "heartbeat": 5.0}
+
+
+@pytest.mark.parametrize("change", [
+    {"id": 1}, {"id": None}, {"host": 7}, {"host": None}, {"pid": None}, {"pid": True}, {"pid": 10.0}, {"pid": "10"},
+    {"pid": 0}, {"pid": -3}, {"pid": 2**31}, {"heartbeat": None}, {"heartbeat": "5"}, {"heartbeat": True},
+    {"heartbeat": float("nan")}, {"heartbeat": 1e12}, {"heartbeat": -1e12}, {"generation": "1"}, {"generation": True},
+    {"generation": 1.0}, {"pid_start": "7"}, {"pid_start": 7.0}, {"pid_start": False}, {"boot_id": 5}, {"beat": 1.5},
+    {"beat": True}, {"started": 5},
+], ids=lambda c: "-".join(f"{k}={v!r}" for k, v in c.items()))
+def test_a_record_with_one_field_of_the_wrong_type_or_range_is_no_lease(change):
+    assert L.Lease.parse({**BASE, **change}) is None
+
+
+@pytest.mark.parametrize("change, want", [
+    ({}, L.Lease("a", 0, "h", 10, 5.0, "an unknown time", None, None, 0)),
+    ({"pid": 1, "heartbeat": 5}, L.Lease("a", 0, "h", 1, 5.0)),  # an int heartbeat is read as a float
+    ({"pid": 2**31 - 1, "heartbeat": 1e12 - 1}, L.Lease("a", 0, "h", 2**31 - 1, 1e12 - 1)),
+    ({"heartbeat": -1e12 + 1, "started": ""}, L.Lease("a", 0, "h", 10, -1e12 + 1, "an unknown time")),
+    ({"generation": 3, "started": "today", "boot_id": "b", "pid_start": 7, "beat": 2, "extra": [1]},
+     L.Lease("a", 3, "h", 10, 5.0, "today", "b", 7, 2)),
+    ({"boot_id": None, "pid_start": None}, L.Lease("a", 0, "h", 10, 5.0)),
+], ids=["least", "int-heartbeat", "upper-bounds", "lower-bound", "every-field", "nulls"])
+def test_a_well_formed_record_parses_field_by_field(change, want):
+    got = L.Lease.parse({**BASE, **change})
+    assert got == want and type(got.heartbeat) is float
+
+
+@pytest.mark.parametrize("rec", [None, [], "x", 3])
+def test_no_record_or_one_that_is_not_an_object_is_no_lease(rec):
+    assert L.Lease.parse(rec) is None

@@ -1,11 +1,25 @@
 """Normalisation variants against brute-force per-channel formulas (docs/protocol.md section 3)."""
 
 import math
+import re
 
 import pytest
 import torch
 
-from bnsweep.norms import NORMS, BatchNorm, LpNorm, NoisyBatchNorm, NoisyBatchOptions, sample_noise
+from bnsweep.norms import (
+    NORMS,
+    BatchNorm,
+    BatchOptions,
+    L2Norm,
+    LpNorm,
+    LpOptions,
+    NoisyBatchNorm,
+    NoisyBatchOptions,
+    NoNorm,
+    norm_layer,
+    sample_noise,
+)
+from bnsweep.options import NoOptions
 
 SHAPES = {"conv": (6, 3, 4, 5), "linear": (32, 3)}
 
@@ -149,3 +163,42 @@ def test_lp_scale_is_taken_before_centring():
     layer = LpNorm.__subclasses__()[1](1)  # l2
     x = torch.randn(1000, 1)
     assert layer.scale(x + 5).item() > 4 * layer.scale(x).item()
+
+
+def test_norm_layer_builds_the_named_variant_with_its_options_and_one_generator():
+    """What a model calls per layer: each width gets its own layer, all with the sweep's options and generator."""
+    gen = torch.Generator().manual_seed(0)
+    noisy = NoisyBatchOptions(n_mu=0.2, momentum=0.3, eps=1e-3)
+    make = norm_layer("noisy_batch", noisy, gen)
+    a, b = make(4), make(6)
+    assert type(a) is NoisyBatchNorm and (a.num_features, b.num_features) == (4, 6)
+    assert a.generator is gen and b.generator is gen and a.noise is noisy and (a.momentum, a.eps) == (0.3, 1e-3)
+    bn = norm_layer("batch", BatchOptions(momentum=0.2, eps=1e-4))(3)
+    assert type(bn) is BatchNorm and (bn.num_features, bn.momentum, bn.eps) == (3, 0.2, 1e-4)
+    lp = norm_layer("l2", LpOptions(momentum=0.5, eps=1e-3))(5)
+    assert type(lp) is L2Norm and lp.weight.shape == (5,) and (lp.momentum, lp.eps) == (0.5, 1e-3)
+    assert type(norm_layer("none", NoOptions())(3)) is NoNorm
+
+
+@pytest.mark.parametrize("p", [3.0, 1.5])
+@pytest.mark.parametrize("kind", SHAPES)
+def test_an_lp_norm_of_any_p_matches_brute_force(p, kind):
+    """The general branch of LpNorm.scale (the registry's p = 1, 2, inf each have a shortcut)."""
+    layer = type("LpAny", (LpNorm,), {"p": p})(3).double()
+    randomise_affine(layer)
+    x = torch.randn(SHAPES[kind], dtype=torch.float64) * 3 + 1
+    torch.testing.assert_close(layer(x), brute_force(x, p, layer.eps, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4), (1, 3, 2, 2, 2)])
+@pytest.mark.parametrize("name", ["l1", "noisy_batch", "batch"])
+def test_other_input_shapes_are_refused_naming_the_shape(name, shape):
+    with pytest.raises(ValueError, match=r"expects \(N, C\) or \(N, C, H, W\) input, got shape " + re.escape(str(shape))):
+        NORMS[name](3)(torch.zeros(shape))
+
+
+def test_the_noise_is_drawn_on_the_device_and_in_the_dtype_of_its_input():
+    """On the meta device (no data, no generator): a draw made elsewhere would land on the CPU."""
+    s, m = sample_noise(torch.empty(4, 3, 2, 2, device="meta", dtype=torch.float64), NoisyBatchOptions(), None)
+    assert s.device.type == m.device.type == "meta" and s.dtype == m.dtype == torch.float64
+    assert s.shape == m.shape == (4, 3, 2, 2)

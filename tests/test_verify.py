@@ -227,3 +227,68 @@ def test_run_heals_a_cells_file_holding_another_cells_row(tmp_path, capsys):
     aside = sorted(os.path.relpath(p, layout.damaged_dir(store.root)).split("/")[0] for p in moved_aside(store))
     assert aside == ["cells", "evals", "steps"]  # the foreign row and the files it left unproven, all of cell a
     assert all(f"/{a.cell_id}.parquet." in p for p in moved_aside(store))
+
+
+def test_an_unreadable_file_has_no_hash_and_says_why_in_one_line_of_120_characters(tmp_path):
+    store = Store(str(tmp_path))
+    path = f"{store.root}/{'a' * 150}.parquet"  # missing, with an error message longer than 120 characters
+    with pytest.raises(OSError) as raised:
+        store.fs.open_input_stream(path)
+    first = str(raised.value).splitlines()[0]
+    assert len(first) > 120 and store.root in first
+    f = verify._read(store, path, "steps")
+    assert f.sha256 == "" and (f.rows, f.steps, f.keys, f.row) == (0, None, (), None)
+    assert f.problem == f"unreadable ({first[:120]})"
+
+
+def test_keys_are_shown_by_name_in_key_order():
+    assert verify._show(("c0", "sw", "dln", "batch", 0.1, 2)) == "cell_id=c0, sweep=sw, arch=dln, norm=batch, lr=0.1, seed=2"
+
+
+def test_a_file_of_another_table_keeps_its_hash_and_says_which_columns_do_not_fit(tmp_path):
+    store = Store(str(tmp_path))
+    t = pa.table({"cell_id": ["c"], "sweep": ["s"], "loss": [1.0]})  # no arch, norm, lr, seed: not a steps table
+    pq.write_table(t, str(tmp_path / "x.parquet"))
+    data = (tmp_path / "x.parquet").read_bytes()
+    f = verify._read(store, str(tmp_path / "x.parquet"), "steps")
+    assert f.sha256 == hashlib.sha256(data).hexdigest() and f.rows == 0
+    assert f.problem == "not a steps table: lacks key columns arch, norm, lr, seed"
+
+
+def test_a_torn_parquet_file_keeps_its_hash_and_says_it_is_unreadable(tmp_path):
+    store = Store(str(tmp_path))
+    pq.write_table(pa.table({"x": [1.0]}), str(tmp_path / "whole.parquet"))
+    torn = (tmp_path / "whole.parquet").read_bytes()[:-20]  # the footer cut off, as a copy interrupted midway
+    (tmp_path / "x.parquet").write_bytes(torn)
+    f = verify._read(store, str(tmp_path / "x.parquet"), "steps")
+    assert f.sha256 == hashlib.sha256(torn).hexdigest() and f.rows == 0
+    assert f.problem.startswith("unreadable Parquet (") and f.problem.endswith(")") and "None" not in f.problem
+
+
+def keys_of(c, n: int = 6) -> str:
+    return verify._show((c.cell_id, c.sweep, c.arch, c.norm, c.lr, c.seed)[:n])
+
+
+# damage -> (the damaged steps or cells file's reason, the reason the cell's other files are given)
+REASONS = {
+    "evals as steps": ("not a steps table: has columns split that it lacks", "its steps file: {own}"),
+    "half the steps": ("does not match its recorded hash (10 rows, recorded 20)", "its steps file: {own}"),
+    "another cell's steps": ("holds rows of another cell ({b})", "its steps file: {own}"),
+    "wrong column type": ("columns loss have the wrong type for the steps table", "its steps file: {own}"),
+    "no key columns": ("not a steps table: lacks key columns cell_id, seed", "its steps file: {own}"),
+    "another cell's row": ("holds the row of {b4}, not of its place ({a4})", "{own}"),
+    "empty record": ("its result lacks steps, evals", "{own}"),
+}
+
+
+@pytest.mark.parametrize("kind", REASONS)
+def test_each_damage_is_named_on_the_file_at_fault_and_the_cells_other_files(two_cells, kind):
+    store, (a, b) = two_cells
+    damage(store, [a, b], kind)
+    own, others = REASONS[kind]
+    own = own.format(b=keys_of(b), b4=keys_of(b, 4), a4=keys_of(a, 4))
+    culprit = "cells" if kind in ("another cell's row", "empty record") else "steps"
+    bad = verify.survey(store).bad
+    assert bad[culprit] == {store.path(culprit, a): own}
+    for name in {"cells", "steps", "evals"} - {culprit}:
+        assert bad[name] == {store.path(name, a): "its cell's result does not verify (" + others.format(own=own) + ")"}
