@@ -90,10 +90,16 @@ def write(output: str, dest: str | Path | None = None, settings: Settings = DEFA
 
 
 def _tables(folder: Path, frames: dict[str, pl.DataFrame]) -> None:
+    """Each table as Parquet and CSV, encoded in memory and written by Python (a full disk is then an OSError
+    naming it; Polars' own Parquet sink reports one as a Thrift transport error)."""
+    import io
+
     (folder / "tables").mkdir(parents=True, exist_ok=True)
     for name, df in frames.items():
-        df.write_parquet(folder / "tables" / f"{name}.parquet")
-        df.write_csv(folder / "tables" / f"{name}.csv")
+        for suffix, write in (("parquet", df.write_parquet), ("csv", df.write_csv)):
+            buf = io.BytesIO()
+            write(buf)
+            (folder / "tables" / f"{name}.{suffix}").write_bytes(buf.getvalue())
 
 
 def _stale(folder: Path, name: str, keep: tuple[str, ...]) -> None:
