@@ -9,7 +9,9 @@ killed, survived, timeout, suspicious, no_tests, score, and each survivor) and d
 and every survivor with its diff and why it is kept, from bench/mutation_equivalent.json), and puts the table
 in the README.
 
-score = (killed + timeout) / mutants; a mutant that no selected test reaches counts against it.
+score = (killed + timeout) / (mutants - equivalent), where equivalent survivors are those whose reason in
+bench/mutation_equivalent.json starts with "Equivalent" (no input tells them from the original); "killed of all"
+keeps them in. A mutant that no selected test reaches, or kept as not worth a test, counts against both.
 With module names, only those run; the report keeps the others' last results. `--report` only rewrites the
 report from the results under .mutation/ (after editing bench/mutation_equivalent.json); `--survivors MODULE ...`
 re-tests only the mutants that survived the module's last run or were not run (after adding tests, or a stop).
@@ -118,21 +120,42 @@ def summary(m: Module, codes: dict[str, int | None], work: Path, equivalent: dic
     found = [status(codes[n]) for n in names]
     counts = {k: found.count(k) for k in ("killed", "survived", "timeout", "suspicious", "no_tests", "not_run")}
     run = len(names) - counts["not_run"]
-    return {"file": m.file, "functions": m.functions, "tests": m.tests, "mutants": run, **counts,
-            "score": round((counts["killed"] + counts["timeout"]) / run, 4) if run else None,
-            "survivors": [{"name": n, "status": s, "diff": diff(work, n), "why_kept": equivalent.get(n)}
-                          for n, s in zip(names, found) if s not in (*KILLED, "not_run")]}
+    survivors = [{"name": n, "status": s, "diff": diff(work, n), "why_kept": equivalent.get(n)}
+                 for n, s in zip(names, found) if s not in (*KILLED, "not_run")]
+    same = sum(is_equivalent(s["why_kept"]) for s in survivors)
+    killed = counts["killed"] + counts["timeout"]
+    return {"file": m.file, "functions": m.functions, "tests": m.tests, "mutants": run, **counts, "equivalent": same,
+            "killed_of_all": round(killed / run, 4) if run else None,
+            "score": round(killed / (run - same), 4) if run > same else None, "survivors": survivors}
+
+
+def is_equivalent(why: str | None) -> bool:
+    """A survivor kept as equivalent (no input tells it from the original): its reason starts with 'Equivalent'.
+
+    Such a mutant cannot be killed, so it leaves the score's denominator (Offutt's mutation score); a survivor
+    kept as 'not worth a test', or with no reason, counts against the score."""
+    return bool(why) and why.startswith("Equivalent")
+
+
+def rescored(r: dict, equivalent: dict[str, str]) -> dict:
+    """A module's last summary with its survivors' reasons and its score from `equivalent` (no copy under .mutation/)."""
+    survivors = [{**s, "why_kept": equivalent.get(s["name"])} for s in r["survivors"]]
+    same = sum(is_equivalent(s["why_kept"]) for s in survivors)
+    killed, run = r["killed"] + r["timeout"], r["mutants"]
+    return {**r, "equivalent": same, "killed_of_all": round(killed / run, 4) if run else None,
+            "score": round(killed / (run - same), 4) if run > same else None, "survivors": survivors}
 
 
 def score_table(report: dict) -> list[str]:
     """The per-module table (docs/mutation.md and the README's, between its TABLE_MARKS)."""
-    lines = ["| module | file | mutants | killed | timeout | survived | score |", "|---|---|---|---|---|---|---|"]
+    lines = ["| module | file | mutants | killed | timeout | survived | of which equivalent | killed of all | score |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report.items():
         survived = r["mutants"] - r["killed"] - r["timeout"]
         partial = f" (stopped: {r['not_run']} more not run)" if r["not_run"] else ""
         lines.append(f"| {name}{partial} | `{r['file']}` | {r['mutants']} | {r['killed']} | {r['timeout']} | {survived} | "
-                     f"{100 * r['score']:.1f} % |")
-    lines += [f"| {name} | `{m.file}` | not run | | | | |" for name, m in MODULES.items() if name not in report]
+                     f"{r['equivalent']} | {100 * r['killed_of_all']:.1f} % | **{100 * r['score']:.1f} %** |")
+    lines += [f"| {name} | `{m.file}` | not run | | | | | | |" for name, m in MODULES.items() if name not in report]
     return lines
 
 
@@ -163,8 +186,10 @@ def write(report: dict) -> None:
 def main(argv: list[str]) -> int:
     if argv == ["--report"]:  # the report again from the results under .mutation/ (after editing the equivalent list)
         equivalent = json.loads(EQUIVALENT.read_text())
-        write({name: summary(m, results(WORK / name), WORK / name, equivalent)
-               for name, m in MODULES.items() if (WORK / name / "mutants").exists()})
+        last = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+        write({name: summary(m, results(WORK / name), WORK / name, equivalent) if (WORK / name / "mutants").exists()
+               else rescored(last[name], equivalent) for name, m in MODULES.items()
+               if (WORK / name / "mutants").exists() or name in last})
         return 0
     again = argv[:1] == ["--survivors"]  # only what survived the last run, or was not run (after adding tests, or stopping)
     argv = argv[again:]
