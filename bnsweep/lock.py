@@ -29,6 +29,7 @@ under a fixed name); the lease saves the wasted work and keeps two drivers off o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import socket
@@ -166,7 +167,10 @@ def holder(store: Store, sweep: str) -> dict | None:
     return {"host": lease.host, "pid": lease.pid, "started": lease.started, "heartbeat": lease.heartbeat}
 
 
-_stores: dict[str, Store] = {}  # uri -> an unguarded store to read lock records through (one filesystem per process)
+@functools.cache
+def _reader(uri: str) -> Store:
+    """An unguarded store to read lock records at `uri` through (one filesystem per output and process)."""
+    return Store(uri)
 
 
 @dataclass(frozen=True)
@@ -180,8 +184,7 @@ class Fence:
     generation: int
 
     def __call__(self) -> None:
-        store = _stores.get(self.uri) or _stores.setdefault(self.uri, Store(self.uri))
-        now = read(store, self.path)
+        now = read(_reader(self.uri), self.path)
         if now is None or now.id != self.id or now.generation != self.generation:
             taker = (f"to another driver ({now.who()})" if now is not None else
                      "(the record is gone: another driver took it over and finished, or it was removed)")
