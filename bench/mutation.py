@@ -59,7 +59,7 @@ MODULES: dict[str, Module] = {
     "sequential": Module("analysis/sequential.py", ["analysis.sequential.*"], ["tests/test_sequential.py"]),
     "checkpoint": Module("bnsweep/cell.py", ["bnsweep.cell.x_load_checkpoint*", "bnsweep.cell.x_not_its*",
                                              "bnsweep.cell.x_resume_point*", "bnsweep.cell.x_has_result*"], ["tests/test_checkpoint.py"]),
-    "lock": Module("bnsweep/lock.py", ["bnsweep.lock.*"], ["tests/test_lock.py"]),
+    "lock": Module("bnsweep/lock.py", ["bnsweep.lock.*"], ["tests/test_lock.py", "tests/test_lock_known.py"]),
     "norms": Module("bnsweep/norms.py", ["bnsweep.norms.*"], ["tests/test_norms.py"]),
     "measure": Module("bnsweep/measure", ["bnsweep.measure.*"], ["tests/test_measure.py"]),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,17 @@ from bnsweep.records import Store
 @pytest.fixture
 def store(tmp_path):
     return Store(str(tmp_path / "out"))
+
+
+@pytest.fixture(autouse=True)
+def hang_up_fails():
+    """Asking whether a pid lives sends it nothing (signal 0): a SIGHUP to this process fails the test, not the run."""
+    def hung_up(signum, frame):
+        raise AssertionError("this process was sent SIGHUP")
+
+    old = signal.signal(signal.SIGHUP, hung_up)
+    yield
+    signal.signal(signal.SIGHUP, old)
 
 
 @pytest.fixture
