@@ -74,7 +74,8 @@ class Data:
 
 
 def _share(g: pl.DataFrame, col: str) -> float:
-    return float(g[col].sum()) / len(g) if len(g) else 0.0
+    """The share of g's seeds with `col` set; g is never empty (keys() reads its lr and setting from g's own rows)."""
+    return float(g[col].sum()) / len(g)
 
 
 def keys(d: Declared, data: Data) -> list[Key]:
@@ -130,8 +131,8 @@ def rows(spec: ClaimSpec, data: Data, alpha: float | None = None, estimate: bool
 def _row(spec: ClaimSpec, role: str, d: Declared, key: Key, data: Data, alpha: float | None, estimate: bool) -> verdicts.Row:
     m = METRICS[d.metric]
     a, b = data.values(d, key, d.a), data.values(d, key, d.b)
-    sides = tuple(data.side(data.group(key.arch, n, key.lr, key.setting), v if m.source != "rate" else [], m.saturates)
-                  for n, v in ((d.a, a), (d.b, b)))
+    # a rate's (k, n) is handed to side() as well: it reads values only for a metric with a saturation band, and no rate has one
+    sides = tuple(data.side(data.group(key.arch, n, key.lr, key.setting), v, m.saturates) for n, v in ((d.a, a), (d.b, b)))
     return verdicts.comparison(spec.id, role, d, key, a, b, sides, spec.about_training, data.settings, alpha, estimate)
 
 

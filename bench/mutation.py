@@ -54,7 +54,7 @@ MODULES: dict[str, Module] = {
     # test_verdict_rule.py (simulated power and error rates, 100 s) is left out: a survivor would run it whole
     "compare": Module("analysis/compare.py", ["analysis.compare.*"], ["tests/test_guard_rails.py", "tests/test_claims.py"]),
     "verdicts": Module("analysis/verdicts.py", ["analysis.verdicts.*"], ["tests/test_claims.py"]),
-    "claims": Module("analysis/claims.py", ["analysis.claims.*"], ["tests/test_claims.py"]),
+    "claims": Module("analysis/claims.py", ["analysis.claims.*"], ["tests/test_claims.py", "tests/test_claims_table.py"]),
     "outcomes": Module("analysis/outcomes.py", ["analysis.outcomes.*"], ["tests/test_claims.py"]),
     "sequential": Module("analysis/sequential.py", ["analysis.sequential.*"], ["tests/test_sequential.py"]),
     "checkpoint": Module("bnsweep/cell.py", ["bnsweep.cell.x_load_checkpoint*", "bnsweep.cell.x_not_its*",
