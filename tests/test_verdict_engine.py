@@ -25,7 +25,7 @@ TRAINING = Declared("vgg", "batch", "none", "training", "higher")
 # accuracy margin 0.5 and 50 % intervals: at 1 degree of freedom the interval is the estimate +- 1 standard error
 # (the t quantile 0.75 at 1 df is tan(pi / 4) = 1)
 HALF = Settings(accuracy_tolerance=0.5, confidence=0.5)
-# a side with no spread and one with values 1 apart: se = sqrt(0 + 2 / 2) = 1 and Welch's df = 1 exactly
+# a side with no spread and one at 0 and 2 (variance 2): se = sqrt(0 / 2 + 2 / 2) = 1, and Welch's df is that side's n - 1 = 1
 FLAT, SPREAD = [1.5, 1.5], [0.0, 2.0]
 # scipy warns of "precision loss" on a side whose values are all equal (FLAT): its variance is 0 exactly
 pytestmark = pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
@@ -335,9 +335,12 @@ def test_the_settings_reach_the_dead_band_and_the_target():
 
 def test_cells_come_sorted_by_arch_norm_lr_setting_and_seed():
     order = [("dln", "none", 1.0, "", 0), ("vgg", "batch", 0.1, "b", 0), ("vgg", "batch", 1.0, "a", 1), ("vgg", "batch", 1.0, "b", 0),
-             ("vgg", "none", 0.5, "", 0), ("vgg", "none", 0.5, "", 1)]
+             *(("vgg", "none", 0.5, "", seed) for seed in range(5))]
     # each key decides somewhere: without the arch, batch would come before dln's none; without the norm, vgg lr 0.5
-    # before lr 1.0; without the lr, setting a before b; without the setting, seed 0 before seed 1
-    cells = [cell(f"c{i}", arch, "cifar10", "done", norm, lr, setting, seed) for i, (arch, norm, lr, setting, seed) in enumerate(order)]
-    out = outcomes.per_cell(pl.DataFrame(cells[::-1]).lazy(), pl.DataFrame([], schema=EVALS).lazy())
-    assert out["cell_id"].to_list() == [f"c{i}" for i in range(len(order))]
+    # before lr 1.0; without the lr, setting a before b; without the setting, seed 0 before seed 1; without the seed,
+    # the last five tie, and their ids (c7, c4, c8, c5, c6) follow neither their seeds nor the order they come in
+    ids = ["c0", "c1", "c2", "c3", "c7", "c4", "c8", "c5", "c6"]
+    cells = [cell(i, arch, "cifar10", "done", norm, lr, setting, seed) for i, (arch, norm, lr, setting, seed) in zip(ids, order)]
+    shuffled = [cells[k] for k in (6, 2, 4, 0, 8, 3, 5, 1, 7)]
+    out = outcomes.per_cell(pl.DataFrame(shuffled).lazy(), pl.DataFrame([], schema=EVALS).lazy())
+    assert out["cell_id"].to_list() == ids
