@@ -24,7 +24,7 @@ CLASSES = {"cifar10": 10, "digits": 10}  # bnsweep/data.py's classification data
 
 def _curves(evals: pl.LazyFrame) -> pl.LazyFrame:
     """Per cell: step-0 train loss and the trapezoid area under train accuracy over [first, last] evaluation step."""
-    train = evals.filter(pl.col("split") == "train").sort("cell_id", "step")
+    train = evals.filter(pl.col("split") == "train").sort("step")  # over("cell_id") keeps each cell's rows in this order
     width = pl.col("step").diff().over("cell_id")
     mid = (pl.col("accuracy") + pl.col("accuracy").shift(1).over("cell_id")) / 2
     span = pl.col("step").max() - pl.col("step").min()
@@ -32,7 +32,7 @@ def _curves(evals: pl.LazyFrame) -> pl.LazyFrame:
         train.with_columns(area=width * mid)
         .group_by("cell_id")
         .agg(
-            initial_loss=pl.col("loss").sort_by("step").first(),
+            initial_loss=pl.col("loss").first(),  # a group keeps its rows' order: sorted by step
             auc_accuracy=pl.when(span > 0).then(pl.col("area").sum() / span),
         )
     )

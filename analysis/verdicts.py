@@ -132,7 +132,8 @@ def comparison(claim: str, role: str, d: Declared, key: Key, a, b, sides: tuple[
     if min(na, nb) < need:
         return Row(claim, role, d, key, None, False, f"{TOO_FEW}: n = {na}, {nb}; a test needs {need} a side")
     m = metric.margin_of(s)
-    r = compare.rates(*a, *b, d.test, m, alpha, s.confidence) if rate else compare.means(a, b, d.test, m, alpha, s.confidence)
+    # compare.means has no use for alpha (it gives p-values and an interval); rates needs it for its seeds estimate
+    r = compare.rates(*a, *b, d.test, m, alpha, s.confidence) if rate else compare.means(a, b, d.test, m, confidence=s.confidence)
     if rate and (a[0] == b[0] == 0 or (a[0] == a[1] and b[0] == b[1])):
         level = "floor" if a[0] == 0 else "ceiling"
         why = "; ".join(filter(None, [why, f"{level}: {metric.column} in {a[0]}/{a[1]} and {b[0]}/{b[1]} seeds"]))

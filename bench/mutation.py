@@ -53,9 +53,9 @@ MODULES: dict[str, Module] = {
     "records": Module("bnsweep/records.py", ["bnsweep.records.*"], ["tests/test_verify.py", "tests/test_lock.py"]),
     # test_verdict_rule.py (simulated power and error rates, 100 s) is left out: a survivor would run it whole
     "compare": Module("analysis/compare.py", ["analysis.compare.*"], ["tests/test_guard_rails.py", "tests/test_claims.py"]),
-    "verdicts": Module("analysis/verdicts.py", ["analysis.verdicts.*"], ["tests/test_claims.py"]),
+    "verdicts": Module("analysis/verdicts.py", ["analysis.verdicts.*"], ["tests/test_claims.py", "tests/test_verdict_engine.py"]),
     "claims": Module("analysis/claims.py", ["analysis.claims.*"], ["tests/test_claims.py", "tests/test_claims_table.py"]),
-    "outcomes": Module("analysis/outcomes.py", ["analysis.outcomes.*"], ["tests/test_claims.py"]),
+    "outcomes": Module("analysis/outcomes.py", ["analysis.outcomes.*"], ["tests/test_claims.py", "tests/test_verdict_engine.py"]),
     "sequential": Module("analysis/sequential.py", ["analysis.sequential.*"], ["tests/test_sequential.py"]),
     "checkpoint": Module("bnsweep/cell.py", ["bnsweep.cell.x_load_checkpoint*", "bnsweep.cell.x_not_its*",
                                              "bnsweep.cell.x_resume_point*", "bnsweep.cell.x_has_result*"], ["tests/test_checkpoint.py"]),
