@@ -121,13 +121,13 @@ def test_a_warning_is_printed_once_and_at_once(monkeypatch):
 def test_the_store_root_is_the_absolute_folder_or_the_uris_path_without_a_trailing_slash(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    local = {"out": f"{tmp_path}/out", "~/out": f"{tmp_path}/home/out", f"{tmp_path}/out/": f"{tmp_path}/out",
-             f"file://{tmp_path}/out": f"{tmp_path}/out", f"{tmp_path}/boX": f"{tmp_path}/boX",
-             f"{tmp_path}/out ": f"{tmp_path}/out ", "/": ""}
-    for output, root in local.items():
+    out = f"{tmp_path}/out"
+    local = {"out": (out, out), "~/out": (f"{tmp_path}/home/out",) * 2, f"{out}/": (out, out),  # output: (uri, root)
+             f"file://{out}": (f"file://{out}", out), f"{tmp_path}/boX": (f"{tmp_path}/boX",) * 2,
+             f"{out} ": (f"{out} ",) * 2, "/": ("/", "")}
+    for output, (uri, root) in local.items():
         store = Store(output)
-        assert (store.root, store.local) == (root, True), output
-        assert store.uri == (output if "://" in output else os.path.abspath(os.path.expanduser(output)))
+        assert (store.uri, store.root, store.local) == (uri, root, True), output
     for output, root in {"mock:///a/b/": "a/b", "mock:///a/boX/": "a/boX"}.items():  # an in-memory, non-local filesystem
         store = Store(output)
         assert (store.uri, store.root, store.local) == (output, root, False)
@@ -289,6 +289,11 @@ def test_a_scan_reads_the_files_it_is_given_with_the_tables_columns(tmp_path, ca
     assert "warning: skipped elsewhere.parquet: a reason\n" in capsys.readouterr().err
 
 
+def moved_aside(store: Store) -> list[str]:
+    damaged = f"{store.root}/_damaged"
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(damaged) for f in fs)
+
+
 @pytest.fixture
 def two_sweeps(tmp_path):
     """Sweep a: cell a1 with 2 steps; sweep b: cell b1 with 3 steps; every file verifies."""
@@ -327,8 +332,7 @@ def test_a_run_keeps_its_sweeps_verified_cells_and_moves_every_other_parquet_fil
     required = {"a1": ["steps"], "a2": ["steps", "ics"], "a3": ["steps"]}
     expect = {"a1": keys(a1), "a2": keys(a2), "a3": {**keys(a3), "lr": 0.4}}
     assert store.finished("a", required, expect) == {"a1": "done"}
-    damaged = f"{store.root}/_damaged"
-    moved = sorted(os.path.relpath(os.path.join(d, f), damaged) for d, _, fs in os.walk(damaged) for f in fs)
+    moved = [os.path.relpath(p, f"{store.root}/_damaged") for p in moved_aside(store)]
     stamp = r"\.\d{8}T\d{12}Z"
     names = ["cells/sweep=a/arch=dln/norm=batch/a2.parquet", "cells/sweep=a/arch=dln/norm=batch/a3.parquet",
              "cells/sweep=a/arch=dln/norm=batch/copy-a1.parquet", "steps/sweep=a/arch=dln/norm=batch/a2.parquet",
@@ -349,6 +353,16 @@ def test_a_run_keeps_its_sweeps_verified_cells_and_moves_every_other_parquet_fil
     assert f"warning: skipped {folder}/notes.txt: not a cell file of this table (stray)" in lines
     assert len(lines) == len(moved) + len(ran) + 1
     assert os.path.exists(f"{folder}/notes.txt")  # not Parquet: named, left where it is
+
+
+def test_that_a_cell_runs_again_is_on_stderr_at_once(tmp_path, monkeypatch):
+    store, c = Store(str(tmp_path / "out")), cell("a1")
+    store.write("cells", c, table("cells", c, {"status": ["done"], "steps_done": [2]}))  # its steps file is missing
+    stderr = buffered_stderr(monkeypatch)
+    assert store.finished("a", {"a1": ["steps"]}) == {}
+    (dest,) = moved_aside(store)
+    assert stderr() == (f"moved damaged {store.root}/cells/sweep=a/arch=dln/norm=batch/a1.parquet to {dest}: its result lacks steps\n"
+                        "cell a1 runs again: its result did not verify\n")  # the last line too: flushed
 
 
 def test_a_reader_moves_nothing_and_names_what_it_leaves_out(two_sweeps, monkeypatch):
