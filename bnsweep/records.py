@@ -123,7 +123,7 @@ class Store:
         if self.guard:
             self.guard()
         parent, base = path.rsplit("/", 1)
-        self.fs.create_dir(parent, recursive=True)
+        self.fs.create_dir(parent)  # and its parents (pyarrow's default)
         if not self.local:  # an object store PUT is atomic
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
@@ -168,7 +168,7 @@ class Store:
             self.guard()
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         dest = f"{layout.damaged_dir(self.root)}/{path.removeprefix(self.root + '/')}.{stamp}"
-        self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+        self.fs.create_dir(dest.rsplit("/", 1)[0])
         self.fs.move(path, dest)
         print(f"moved damaged {path} to {dest}: {why}", file=sys.stderr, flush=True)
         return dest
