@@ -239,12 +239,14 @@ def test_a_survey_of_one_sweep_sees_only_that_sweep(store):
 
 # --- the facts read from one file --------------------------------------------------------------------
 
-def test_the_facts_of_a_file_holding_two_cells(store):
+@pytest.mark.parametrize("other", [B, SimpleNamespace(cell_id="c2", sweep="t", arch="vgg", norm="none", lr=0.2, seed=2)],
+                         ids=["another seed", "every key another"])
+def test_the_facts_of_a_file_holding_two_cells(store, other):
     path = os.path.join(store.root, "x.parquet")
-    put(store, "steps", A, pa.concat_tables([steps_of(B, [0, 1]), steps_of(A)]), path)
+    put(store, "steps", A, pa.concat_tables([steps_of(other, [0, 1]), steps_of(A)]), path)
     f = verify._read(store, path, "steps")
     assert (f.rows, f.steps, f.row, f.problem) == (5, 3, None, None)
-    assert f.keys == (tuple(keys(A).values()), tuple(keys(B).values()))  # sorted, each once
+    assert f.keys == (tuple(keys(A).values()), tuple(keys(other).values()))  # sorted, each once
     assert f.sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
