@@ -49,7 +49,7 @@ class Module:
 MODULES: dict[str, Module] = {
     "divergence": Module("bnsweep/train.py", ["bnsweep.train.x_check_divergence*"], ["tests/test_guard_rails.py", "tests/test_train.py"]),
     "cell_identity": Module("bnsweep/spec.py", ["bnsweep.spec.xǁCellConfigǁidentity*"], ["tests/test_guard_rails.py"]),
-    "verify": Module("bnsweep/verify.py", ["bnsweep.verify.*"], ["tests/test_verify.py"]),
+    "verify": Module("bnsweep/verify.py", ["bnsweep.verify.*"], ["tests/test_verify.py", "tests/test_verify_known.py"]),
     "records": Module("bnsweep/records.py", ["bnsweep.records.*"], ["tests/test_records.py", "tests/test_verify.py", "tests/test_lock.py"]),
     # test_verdict_rule.py (simulated power and error rates, 100 s) is left out: a survivor would run it whole
     "compare": Module("analysis/compare.py", ["analysis.compare.*"], ["tests/test_guard_rails.py", "tests/test_claims.py"]),

@@ -60,10 +60,14 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def distinct_steps(t: pa.Table) -> int | None:
+    """How many distinct values its `step` column holds (None for a table without one: `cells`)."""
+    return len(pc.unique(t["step"])) if "step" in t.column_names else None
+
+
 def summary(t: pa.Table, data: bytes) -> dict:
     """The record of one written file: what `files_json` holds for its table."""
-    return {"rows": t.num_rows, "steps": len(pc.unique(t["step"])) if "step" in t.column_names else None,
-            "sha256": digest(data)}
+    return {"rows": t.num_rows, "steps": distinct_steps(t), "sha256": digest(data)}
 
 
 def schema_problem(have: pa.Schema, name: str) -> str | None:
@@ -103,8 +107,8 @@ def _read(store: Store, path: str, name: str) -> Facts:
         t = pf.read(columns=cols)
     except (OSError, pa.ArrowException) as e:  # truncated, garbage
         return Facts(sha, problem=f"unreadable Parquet ({str(e).splitlines()[0][:120]})")
-    return Facts(sha, rows=t.num_rows, keys=_keys(t), steps=summary(t, b"")["steps"],
-                 row=t.slice(0, 1).to_pylist()[0] if name == "cells" and t.num_rows else None)
+    return Facts(sha, rows=t.num_rows, keys=_keys(t), steps=distinct_steps(t),
+                 row=t.to_pylist()[0] if name == "cells" and t.num_rows else None)
 
 
 def _keys(t: pa.Table) -> tuple[tuple, ...]:
