@@ -269,20 +269,15 @@ def test_a_refused_driver_reads_the_record_once_and_writes_nothing(store, clock)
     assert rec.ops == ["get"] and record(store)["id"] == "other"
 
 
-def test_unreadable_or_unwritable_output(store, clock):
-    denied = PermissionError(13, "Permission denied")
+@pytest.mark.parametrize("op, message", [("get", "output {uri}: cannot read the run lock {path}: [Errno 13] Permission denied"),
+                                         ("put", "output {uri} is not writable: [Errno 13] Permission denied")])
+def test_unreadable_or_unwritable_output(store, clock, op, message):
     lk = L.RunLock(store, "s")
-    lk.store = Recorded(lk.store, fail=("get",), error=denied)
+    lk.store = Recorded(lk.store, fail=(op,), error=PermissionError(13, "Permission denied"))
     with pytest.raises(UserError) as e:
         with lk:
             pass
-    assert str(e.value) == f"output {store.uri}: cannot read the run lock {path(store)}: [Errno 13] Permission denied"
-    lk = L.RunLock(store, "s")
-    lk.store = Recorded(lk.store, fail=("put",), error=denied)
-    with pytest.raises(UserError) as e:
-        with lk:
-            pass
-    assert str(e.value) == f"output {store.uri} is not writable: [Errno 13] Permission denied"
+    assert str(e.value) == message.format(uri=store.uri, path=path(store))
     assert record(store) is None
 
 
