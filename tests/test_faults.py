@@ -128,9 +128,10 @@ def test_two_drivers_one_paused_past_the_stale_limit(tmp_path, monkeypatch, grou
     notices before writing anything and stops with one line."""
     stale_s = 10.0
     monkeypatch.setenv("BNSWEEP_LOCK_STALE_S", str(stale_s))
-    # cells long enough (about 100 s each on an idle machine) to outlast the stale limit: a cell that ends while A's
-    # lease still holds writes its result rightly, and B would then have nothing to run
-    spec, out = _spec(tmp_path, "two", steps=200_000, lrs=[1e-6, 2e-6]), tmp_path / "out"
+    # cells long enough (about 50 s each on an idle machine) to outlast the stale limit and B's start-up until it takes
+    # the lease (some 15 s after the pause): a cell that ends while A's lease still holds writes its result rightly,
+    # and B would then have nothing to run
+    spec, out = _spec(tmp_path, "two", steps=100_000, lrs=[1e-6, 2e-6]), tmp_path / "out"
     lock = out / "_locks" / "two.json"
     pause = os.killpg if group else os.kill  # A and its Ray processes are one session, one process group
     a = Driver(spec)
