@@ -267,6 +267,10 @@ def test_generators_are_found_once_each():
                           norm_layer("noisy_batch", NORMS["noisy_batch"].Options(), g)(3), nn.Linear(3, 3))
     assert generators(model) == [g]
     assert generators(nn.Sequential(nn.Linear(2, 2))) == []
+    h = torch.Generator().manual_seed(1)
+    two = nn.Sequential(norm_layer("noisy_batch", NORMS["noisy_batch"].Options(), g)(3),
+                        norm_layer("noisy_batch", NORMS["noisy_batch"].Options(), h)(3))
+    assert generators(two) == [g, h]
 
 
 # --- landscape and ICS details -----------------------------------------------------------------------------------
@@ -334,7 +338,8 @@ def test_a_measurement_without_points_measures_in_after_backward():
     ({"log": {"points": 5}}, 17, {0, 1, 2, 4, 8, 16}),
 ])
 def test_schedules_by_hand(schedule, total, expected):
-    assert Schedule.model_validate(schedule).resolve(total) == expected
+    steps = Schedule.model_validate(schedule).resolve(total)
+    assert steps == expected and all(type(s) is int for s in steps)  # step numbers, not floats equal to them
 
 
 def test_a_schedule_names_what_it_got():
@@ -689,3 +694,14 @@ def test_session_time_adds_up_over_hooks_and_steps(monkeypatch):
     backward pass: two measured steps spend 4."""
     _, probes = recorded(monkeypatch, None)
     assert probes.cost() == {"recorder": 4.0}
+
+
+def test_a_cuda_model_is_synchronised_before_each_timer_and_a_cpu_model_is_not():
+    """Checked on the wiring (no GPU needed): parameters that say they are on CUDA select torch.cuda.synchronize."""
+    class OnCuda(nn.Module):
+        def parameters(self, recurse=True):
+            return iter([type("P", (), {"is_cuda": True})()])
+
+    assert Measurements(MeasureSpec(), OnCuda(), 10, seed=0).sync is torch.cuda.synchronize
+    cpu = Measurements(MeasureSpec(), tiny("none")[0], 10, seed=0).sync
+    assert cpu is not torch.cuda.synchronize and cpu() is None
