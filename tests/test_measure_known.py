@@ -705,3 +705,96 @@ def test_a_cuda_model_is_synchronised_before_each_timer_and_a_cpu_model_is_not()
     assert Measurements(MeasureSpec(), OnCuda(), 10, seed=0).sync is torch.cuda.synchronize
     cpu = Measurements(MeasureSpec(), tiny("none")[0], 10, seed=0).sync
     assert cpu is not torch.cuda.synchronize and cpu() is None
+
+
+class Inputs(Products):
+    """Products that keep their inputs."""
+
+    def __init__(self, h):
+        super().__init__(h)
+        self.inputs = []
+
+    def __call__(self, v):
+        self.inputs.append(np.array(v, copy=True))
+        return super().__call__(v)
+
+
+def test_the_dense_residuals_are_each_ends_own_on_the_products_as_computed():
+    """Products that are not quite symmetric (float32 rounding does that): the ends are those of the symmetric part,
+    each residual ||h v - lambda v|| with the matrix the products give and that end's own vector."""
+    from bnsweep.measure.curvature import CurvatureOptions, extremes
+
+    n = 5
+    sym = known_matrix(np.array([-2.0, 0.5, 1.0, 3.0, 9.0]))
+    h = sym + np.triu(np.full((n, n), 1e-3), 1)  # h v computes this; its symmetric part is sym + (N + N^T) / 2
+    upper, lower = extremes(lambda v: h @ v, n, np.ones(n), CurvatureOptions(every=1))
+    w, vecs = np.linalg.eigh((h + h.T) / 2)
+    expected = [np.linalg.norm(h @ vecs[:, i] - w[i] * vecs[:, i]) for i in (-1, 0)]
+    assert upper.value == pytest.approx(w[-1], rel=1e-12) and lower.value == pytest.approx(w[0], rel=1e-12)
+    assert upper.residual == pytest.approx(expected[0], rel=1e-9) and lower.residual == pytest.approx(expected[1], rel=1e-9)
+    assert abs(expected[0] - expected[1]) > 1e-5  # the two ends' residuals differ here
+
+
+def test_lanczos_starts_from_the_given_vector_and_spends_no_product_on_anything_else():
+    from bnsweep.measure.curvature import CurvatureOptions, extremes
+
+    n = 40
+    products = Inputs(known_matrix(np.linspace(-1.0, 5.0, n)))
+    v0 = np.random.default_rng(7).standard_normal(n)
+    upper, lower = extremes(products, n, v0, CurvatureOptions(every=1, tol=1e-8))
+    assert upper.converged and lower.converged
+    first = products.inputs[0]
+    assert abs(first @ v0) == pytest.approx(np.linalg.norm(first) * np.linalg.norm(v0), rel=1e-12)  # along v0
+    assert all(v.dtype == np.float64 and np.linalg.norm(v) > 0.5 for v in products.inputs)  # unit Krylov vectors
+
+
+def test_the_start_vector_is_drawn_from_seed_and_step(monkeypatch):
+    """The probe's start vector is the standard normal of numpy's generator seeded with (seed, step)."""
+    import bnsweep.measure.curvature as curvature
+
+    seen = []
+
+    def capture(matvec, n, v0, options):
+        seen.append((n, v0))
+        end = curvature.End(1.0, 0.0, 1, True)
+        return end, end
+
+    monkeypatch.setattr(curvature, "extremes", capture)
+    model, h, lf = quadratic(dim=30)
+    probes = Measurements(MeasureSpec.model_validate({"curvature": {"steps": [0, 3]}}), model, 10, seed=4)
+    assert probes.active[0][0].seed == 4
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for k in range(4):
+        step(probes, (model, torch.zeros(1), torch.zeros(1), lf), k, opt)
+    assert [n for n, _ in seen] == [30, 30]
+    for (_, v0), k in zip(seen, (0, 3)):
+        assert np.array_equal(v0, np.random.default_rng([4, k]).standard_normal(30))
+
+
+def test_a_float32_model_is_solved_densely_in_float64():
+    """Float32 weights: the products are rounded to float32, but the small eigenproblem is solved in float64, so
+    the ends are those of the float32 Hessian itself to float64 precision."""
+    model, h, lf = quadratic(dim=4)
+    model, h = model.float(), h.float()
+    lf32 = lambda out, y: 0.5 * out @ h @ out
+    rows, _, _ = measured_step(model, torch.zeros(1), torch.zeros(1), lf32, {"curvature": {}})
+    eig = np.linalg.eigvalsh(h.double().numpy())
+    assert rows["curvature"][0]["lambda_max"] == pytest.approx(eig[-1], rel=1e-12)
+    assert rows["curvature"][0]["lambda_min"] == pytest.approx(eig[0], rel=1e-12)
+
+
+@pytest.mark.parametrize(("gap", "converged"), [(0.1, True), (0.05, False)])
+def test_an_end_stops_only_when_converged_or_out_of_products(gap, converged):
+    """A top eigenvalue 1 + gap over 99 spread on [0, 1], a budget of 40 products with a basis of 10: the wider gap
+    converges within 40 products (to 1.1), the narrower one needs about 46 and so spends exactly its 40, then says
+    it is unconverged: never giving up early on ARPACK's count of restarts."""
+    from bnsweep.measure.curvature import CurvatureOptions, extremes
+
+    n = 100
+    products = Products(known_matrix(np.concatenate([[1.0 + gap], np.linspace(0.0, 1.0, n - 1)])))
+    upper, _ = extremes(products, n, np.ones(n), CurvatureOptions(every=1, tol=1e-8, max_hvps=40, basis=10))
+    assert upper.converged is converged
+    if converged:
+        assert upper.value == pytest.approx(1.1, rel=1e-8) and upper.hvps <= 41
+    else:
+        assert math.isnan(upper.value) and upper.hvps == 40
