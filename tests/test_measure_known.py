@@ -743,8 +743,8 @@ def test_lanczos_starts_from_the_given_vector_and_spends_no_product_on_anything_
     v0 = np.random.default_rng(7).standard_normal(n)
     upper, lower = extremes(products, n, v0, CurvatureOptions(every=1, tol=1e-8))
     assert upper.converged and lower.converged
-    first = products.inputs[0]
-    assert abs(first @ v0) == pytest.approx(np.linalg.norm(first) * np.linalg.norm(v0), rel=1e-12)  # along v0
+    for first in (products.inputs[0], products.inputs[upper.hvps]):  # each end's first product is along v0
+        assert abs(first @ v0) == pytest.approx(np.linalg.norm(first) * np.linalg.norm(v0), rel=1e-12)
     assert all(v.dtype == np.float64 and np.linalg.norm(v) > 0.5 for v in products.inputs)  # unit Krylov vectors
 
 
