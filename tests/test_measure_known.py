@@ -446,6 +446,7 @@ def test_packed_members_get_their_own_points_results_and_a_fair_share_of_the_tim
     monkeypatch.setattr(stacked, "time", type("T", (), {"perf_counter": staticmethod(clock)}))
     a, b, c = Probe("a", 2, clock), Probe("b", 1, clock), Probe("c", 1, clock)
     f, h = Probe("f", None, clock, in_forward=True), Probe("h", None, clock, in_forward=True)
+    f.hook_s = h.hook_s = 0.25  # hook time of earlier steps: not this step's
     calls = []
 
     def evaluate(points):
