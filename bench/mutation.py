@@ -58,10 +58,19 @@ MODULES: dict[str, Module] = {
     "outcomes": Module("analysis/outcomes.py", ["analysis.outcomes.*"], ["tests/test_claims.py", "tests/test_verdict_engine.py"]),
     "sequential": Module("analysis/sequential.py", ["analysis.sequential.*"], ["tests/test_sequential.py"]),
     "checkpoint": Module("bnsweep/cell.py", ["bnsweep.cell.x_load_checkpoint*", "bnsweep.cell.x_not_its*",
-                                             "bnsweep.cell.x_resume_point*", "bnsweep.cell.x_has_result*"], ["tests/test_checkpoint.py"]),
+                                             "bnsweep.cell.x_resume_point*", "bnsweep.cell.x_has_result*"],
+                         ["tests/test_checkpoint.py", "tests/test_checkpoint_known.py"]),
     "lock": Module("bnsweep/lock.py", ["bnsweep.lock.*"], ["tests/test_lock.py", "tests/test_lock_known.py"]),
     "norms": Module("bnsweep/norms.py", ["bnsweep.norms.*"], ["tests/test_norms.py"]),
-    "measure": Module("bnsweep/measure", ["bnsweep.measure.*"], ["tests/test_measure.py"]),
+    # the measurements in three parts, each with the fast tests that reach it: the curvature probe's tests and the
+    # packed members' tests take seconds each, and every mutant of the session would run them all
+    "measure": Module("bnsweep/measure", [f"bnsweep.measure.{m}" for m in ("x_*", "activations.*", "base.*", "ics.*", "landscape.*",
+                                                                         "probe.*", "schedule.*", "session.*")],
+                      ["tests/test_measure.py", "tests/test_measure_known.py"]),
+    "measure_curvature": Module("bnsweep/measure/curvature.py", ["bnsweep.measure.curvature.*"],
+                                ["tests/test_measure.py", "tests/test_curvature.py", "tests/test_measure_known.py"]),
+    "measure_stacked": Module("bnsweep/measure/stacked.py", ["bnsweep.measure.stacked.*"],
+                              ["tests/test_pack_measure.py", "tests/test_measure_known.py"]),
 }
 
 # mutmut's exit codes of a mutant's test run -> the report's columns (mutmut/stats.py: status_by_exit_code)

@@ -48,7 +48,8 @@ def load_checkpoint(store: Store, cell: CellConfig) -> dict | None:
     try:
         state = TrainState.read(blob)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return discard(store, cell, f"checkpoint does not load safely ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+        first = (str(e).splitlines() or [""])[0]  # an EOFError of a zero-length file has no message at all
+        return discard(store, cell, f"checkpoint does not load safely ({type(e).__name__}: {first[:160]})")
     if why := not_its(state, cell):
         return discard(store, cell, why)
     return state

@@ -1,5 +1,6 @@
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "bnsweep-hypothesis"))
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_finish(session):
+    """Where the collected tests import torch, load torch._dynamo now: torch imports it on building its first
+    optimizer (seconds), and mutmut's workers fork after collecting, so each would otherwise pay for it again."""
+    if "torch" in sys.modules:
+        import torch._dynamo  # noqa: F401
 
 # Tiny cells: real code paths, well under a second each.
 TINY_DLN = {

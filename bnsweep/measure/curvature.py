@@ -111,11 +111,9 @@ def top(op: Counted, v0: np.ndarray, tol: float, max_hvps: int, basis: int) -> t
 
     ncv = min(basis, op.n - 1)
     op.budget = op.count + max_hvps
-    # ARPACK counts restarts, not products: a first pass of ncv products, then at most ncv - 1 per restart
-    restarts = max(1, (max_hvps - ncv) // max(ncv - 1, 1) + 1)
     a = LinearOperator((op.n, op.n), matvec=op, dtype="float64")
-    try:
-        vals, vecs = eigsh(a, k=1, which="LA", v0=v0, ncv=ncv, tol=tol, maxiter=restarts)
+    try:  # ARPACK counts restarts, not products, and spends at least one product per restart: the budget stops it
+        vals, vecs = eigsh(a, k=1, which="LA", v0=v0, ncv=ncv, tol=tol, maxiter=max_hvps)
     except (_Exhausted, ArpackNoConvergence, ArpackError):
         return math.nan, None
     return float(vals[0]), vecs[:, 0]
