@@ -5,7 +5,6 @@ leaves of the optimizer, the buffers and the noise (compared with the same step 
 
 import copy
 import math
-import time
 
 import numpy as np
 import polars as pl
@@ -145,17 +144,15 @@ def test_costs_add_up_per_measurement():
         [{"step": 4, "mode": "train", "definition": 1, "layer": 2}] * 2 and probes.rows["activations"] == []
 
 
-def test_each_measurements_time_lies_within_the_step():
-    """Each measurement's cost is spent inside the measured step: positive, and together no more than the step took
-    (the clock is monotonic; no speed is asserted)."""
+def test_each_measurement_of_a_step_records_its_cost():
+    """Each measurement taken at a step records a positive cost, in the order the session runs them (no speed is
+    asserted; the costs' arithmetic is checked on a fake clock below)."""
     probes, net = session({"ics": {"steps": [0], "layers": [2]}, "landscape": {"steps": [0], "eta": {"points": 2}},
                            "curvature": {"steps": [0], "basis": 3, "max_hvps": 10}, "activations": {"steps": [0], "layers": [1]}})
-    t0 = time.perf_counter()
     step(probes, net, 0, torch.optim.SGD(net[0].parameters(), lr=LR))
-    elapsed = time.perf_counter() - t0
     cost = probes.cost()
     assert list(cost) == ["ics", "landscape", "activations", "curvature"]
-    assert all(c > 0 for c in cost.values()) and sum(cost.values()) <= elapsed, (cost, elapsed)
+    assert all(c > 0 for c in cost.values()), cost
     act = next(m for m, _ in probes.active if m.name == "activations")
     assert 0 < act.hook_s <= cost["activations"]
 
