@@ -20,4 +20,5 @@ yaml_implicit_resolvers
 VERDICTS
 # pytest calls these hooks of tests/conftest.py by name
 pytest_runtest_logreport
+pytest_collection_finish
 pytest_terminal_summary
