@@ -424,6 +424,7 @@ def test_report_onto_a_full_disk_is_one_line(small_tmpfs, tables, tmp_path, monk
     assert status == 74 and err.count("\n") == 1 and "No space left on device" in err, err
 
 
+@pytest.mark.slow
 def test_remote_outputs_are_checked_before_anything_runs(s3_uri, tmp_path, capsys):  # noqa: F811
     """An s3:// output on moto: a bucket that exists validates and plans; a missing bucket and an endpoint
     nobody listens on are refused in one line, with nothing written."""

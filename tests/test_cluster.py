@@ -23,7 +23,7 @@ from bnsweep.lock import RunLock
 from bnsweep.records import Store
 from bnsweep.specfile import load_cells
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # each test starts a multi-node cluster: 30 s to minutes
 VOLATILE = set(TIMING)
 
 

@@ -49,6 +49,7 @@ def s3_uri():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_to_and_resumes_from_s3(s3_uri, tmp_path, capsys):
     grid = [{**TINY_DLN, "seed": [0]}]
     spec = write_spec(tmp_path / "s.yaml", tiny_spec(s3_uri, grids=grid, name="s3",

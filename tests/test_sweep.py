@@ -64,6 +64,7 @@ def own(finished, tmp_path):
     return write_spec(tmp_path / "spec.yaml", tiny_spec(out, measure=MEASURE)), out
 
 
+@pytest.mark.slow
 def test_tables_are_complete_typed_and_carry_their_keys(finished):
     spec, out = finished
     _, cells = load_cells(spec)
@@ -117,6 +118,7 @@ def test_a_new_seed_runs_only_the_new_cells(own, tmp_path, capsys):
     assert len(after) == 16 and before.join(after, on="cell_id").filter(pl.col("started_at") != pl.col("started_at_right")).is_empty()
 
 
+@pytest.mark.slow
 def test_same_spec_same_seed_identical_tables(finished, tmp_path):
     spec, out = finished
     again = tmp_path / "again"
@@ -138,6 +140,7 @@ def test_hidden_temporary_files_are_invisible_to_readers(own):
     assert len(Store(str(out)).read("steps", "tiny")) == n
 
 
+@pytest.mark.slow
 def test_sigkill_half_way_then_rerun_finishes_exactly_once(tmp_path):
     slow = {
         **TINY_VGG,
