@@ -71,27 +71,26 @@ def test_another_cells_state_is_refused_naming_both_ids():
     assert not_its({**own(c), "cell_id": long}, c) == f"checkpoint of cell {'x' * 40!r}, not of {c.cell_id}"
 
 
+def with_field(state: dict, key: str, value) -> dict:
+    """`state` with `key` set to `value`, or without `key` where value is "missing"."""
+    if value == "missing":
+        del state[key]
+    else:
+        state[key] = value
+    return state
+
+
 @pytest.mark.parametrize("spec_hash", ["0" * 16, None, "missing"])
 def test_another_spec_of_the_same_cell_is_refused(spec_hash):
     c = resumable()
-    state = own(c)
-    if spec_hash == "missing":
-        del state["spec_hash"]
-    else:
-        state["spec_hash"] = spec_hash
-    assert not_its(state, c) == "checkpoint of another spec of this cell id (its spec hash differs)"
+    assert not_its(with_field(own(c), "spec_hash", spec_hash), c) == "checkpoint of another spec of this cell id (its spec hash differs)"
 
 
 @pytest.mark.parametrize(("step", "shown"), [(0, "0"), (STEPS, str(STEPS)), (-3, "-3"), (10.0, "10.0"), ("10", "10"),
                                              (None, "None"), ("9" * 25, "9" * 20), ("missing", "None")])
 def test_a_step_outside_one_to_the_last_is_refused(step, shown):
     c = resumable()
-    state = own(c)
-    if step == "missing":
-        del state["step"]
-    else:
-        state["step"] = step
-    assert not_its(state, c) == f"checkpoint at step {shown}, outside 1..{STEPS - 1}"
+    assert not_its(with_field(own(c), "step", step), c) == f"checkpoint at step {shown}, outside 1..{STEPS - 1}"
 
 
 # --- load_checkpoint and resume_point: what resumes, what is moved aside, what the sidecar says --------------------
