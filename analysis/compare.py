@@ -40,7 +40,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
 
 TESTS = ("lower", "higher", "not_lower", "equivalent")
 MAX_SEEDS = 1000  # beyond this an estimate says "more than 1000"
@@ -63,6 +62,8 @@ def _one_sided(d: float, se: float, df: float, shift: float, upper: bool) -> flo
     """Welch p-value of H1: mean(a) - mean(b) > -shift (upper) or < -shift, from ttest_ind's standard error and df."""
     if not se > 0:  # no spread: the t statistic is undefined
         return math.nan
+    from scipy import special  # here, not at the top: a report whose summaries are cached never imports scipy (0.8 s)
+
     t = (d + shift) / se
     return float(special.stdtr(df, -t) if upper else special.stdtr(df, t))
 
@@ -102,6 +103,8 @@ def means(a, b, test: str, margin: float, alpha: float = 0.025, confidence: floa
     d, m = float(a.mean() - b.mean()), margin
     se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
     if se > 0:
+        from scipy import stats
+
         res = stats.ttest_ind(a, b, equal_var=False)
         ci, df = res.confidence_interval(confidence), float(res.df)
         lo, hi = float(ci.low), float(ci.high)

@@ -80,6 +80,15 @@ def _write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def keep(cache: Path, name: str, data: bytes) -> None:
+    """Put `data` in the cache folder as `name`, whole; a read-only or full cache is passed over (it only saves time)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _write(cache / name, data)
+    except OSError:
+        pass
+
+
 def draw(spec_json: str, stem: str, formats: tuple[str, ...], cache: str | None, vl_version: str) -> None:
     """Draw one figure to `stem`.<format> for each format, and keep each file in `cache` (runs in a worker)."""
     import vl_convert as vlc
@@ -89,11 +98,7 @@ def draw(spec_json: str, stem: str, formats: tuple[str, ...], cache: str | None,
         data = FORMATS[fmt](svg)
         _write(Path(f"{stem}.{fmt}"), data)
         if cache is not None:
-            try:
-                Path(cache).mkdir(parents=True, exist_ok=True)
-                _write(Path(cache) / f"{_key(spec_json, fmt, vl_version)}.{fmt}", data)
-            except OSError:  # a read-only or full cache: the report is written all the same
-                pass
+            keep(Path(cache), f"{_key(spec_json, fmt, vl_version)}.{fmt}", data)
 
 
 def serve() -> None:

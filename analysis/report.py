@@ -8,8 +8,10 @@
 The figures come first: their data in one Polars pass (figures.frames), each spec built (or read back from the
 cache, analysis/spec_cache.py), its files drawn by worker processes while the report goes on, and cached by content
 (analysis/draw.py): an unchanged figure is copied, not drawn again. Meanwhile a thread computes the summaries and
-verdicts. `Written.seconds` times the stages as this thread waits on them: load, figures (data and specs), images
-(copying from the cache; at the end, the wait for the workers), summaries (the wait for that thread), html.
+verdicts, or reads them back from the same cache when the sweep's trusted files (by their sha256), the settings,
+the cells and the code are unchanged (`summarise_cached`). `Written.seconds` times the stages as this thread
+waits on them: load, figures (data and specs), images (copying from the cache; at the end, the wait for the
+workers), summaries (the wait for that thread), html.
 
 Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that spec's sweep and cells
 (the cell ids it expands to) are reported, whatever else the output holds.
@@ -17,10 +19,15 @@ Default DIR: OUTPUT/reports (one subfolder per sweep). With `spec`, only that sp
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import polars as pl
@@ -129,6 +136,44 @@ def summarise(output: str, sweep: str, tables: dict[str, pl.LazyFrame], settings
     return Summed(frames, found, seq)
 
 
+@cache
+def _code() -> bytes:
+    """What the summaries depend on besides the data and the settings: this package's code and the libraries'."""
+    root = Path(__file__).resolve().parents[1]
+    parts = [f.read_bytes() for d in ("analysis", "bnsweep") for f in sorted((root / d).glob("*.py"))]
+    return b"\0".join(parts) + "".join(f"\0{lib} {metadata.version(lib)}" for lib in
+                                         ("polars", "numpy", "scipy", "statsmodels", "pyarrow")).encode()
+
+
+def summaries_key(output: str, sweep: str, settings: Settings, cell_ids: list[str] | None) -> str:
+    """The content hash of `summarise`'s result: every trusted file of the sweep by its sha256 (bnsweep.verify),
+    its sequential design record, the settings, the cells asked for, and the code."""
+    store = load.store(output)
+    design = store.get_record(sequential.design_file(store.root, sweep))
+    what = json.dumps([sweep, repr(settings), sorted(cell_ids) if cell_ids is not None else None, design,
+                       store.survey(sweep).digest()], sort_keys=True, default=str)
+    return hashlib.sha256(_code() + what.encode()).hexdigest()
+
+
+def summarise_cached(output: str, sweep: str, tables: dict[str, pl.LazyFrame], settings: Settings,
+                     cell_ids: list[str] | None, where: Path | None) -> Summed:
+    """`summarise`, read back from the cache folder `where` when it holds this data's summaries (same key), else
+    computed and kept there beside the figures (pruned with them, analysis/draw.py). None: no cache."""
+    if where is None:
+        return summarise(output, sweep, tables, settings)
+    path = where / f"{summaries_key(output, sweep, settings, cell_ids)}.summaries.pkl"
+    try:
+        found = pickle.loads(path.read_bytes())  # the user's own cache, written below, named by its content's key
+        if isinstance(found, Summed):
+            os.utime(path)  # recently used: kept by draw.prune
+            return found
+    except Exception:  # noqa: BLE001 - absent, pruned meanwhile, cut short, or from code that no longer loads
+        pass
+    summed = summarise(output, sweep, tables, settings)
+    draw.keep(where, path.name, pickle.dumps(summed))
+    return summed
+
+
 def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFAULT,
                 cell_ids: list[str] | None = None, files: draw.Files | None = None) -> Written:
     """Summaries, claims, figures and report.html for one sweep (its cells in `cell_ids` only, if given)."""
@@ -154,7 +199,7 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     with draw.Drawer(files or draw.Files(), VL_VERSION) as drawer, ThreadPoolExecutor(1) as thread:
         # the summaries in a thread (mostly Polars, which lets go of the GIL) while this one builds the figures' specs
         # (Altair, pure Python); each figure's files are drawn by the workers while the report goes on
-        summed = thread.submit(summarise, output, sweep, tables, settings)
+        summed = thread.submit(summarise_cached, output, sweep, tables, settings, cell_ids, drawer.cache)
         for name, df in figures.frames(tables, settings).items():
             fig = figures.FIGURES[name]
             if isinstance(df, figures.Skipped):

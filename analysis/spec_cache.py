@@ -22,7 +22,7 @@ import altair as alt
 import polars as pl
 import polars.selectors as cs
 
-from analysis import figures
+from analysis import draw, figures
 
 
 @cache
@@ -52,11 +52,5 @@ def cached(name: str, df: pl.DataFrame, cache: Path | None) -> dict:
     except (OSError, ValueError):  # not there yet, pruned meanwhile, or cut short
         pass
     spec = figures.spec(name, df)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(spec))
-        tmp.replace(path)
-    except OSError:  # a read-only or full cache: the report is written all the same
-        pass
+    draw.keep(cache, path.name, json.dumps(spec).encode())
     return spec

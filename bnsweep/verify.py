@@ -201,6 +201,11 @@ class Survey:
     good: dict[str, list[str]] = field(default_factory=lambda: {n: [] for n in TABLES})  # table -> trusted paths
     bad: dict[str, dict[str, str]] = field(default_factory=lambda: {n: {} for n in TABLES})  # table -> {path: why}
     status: dict[tuple[str, str], str] = field(default_factory=dict)  # (sweep, cell_id) -> status, verified cells
+    sha256: dict[str, str] = field(default_factory=dict)  # trusted path -> the sha256 of its bytes
+
+    def digest(self) -> str:
+        """One sha256 over every trusted file's path and hash: equal exactly when the trusted data is the same."""
+        return digest("".join(f"{p}\0{h}\n" for p, h in sorted(self.sha256.items())).encode())
 
     def listed(self, name: str) -> tuple[list[str], dict[str, str]]:
         return sorted(self.good[name]), self.bad[name]
@@ -243,6 +248,7 @@ def survey(store: Store, sweep: str | None = None, required: dict[str, list[str]
                 out.bad[name][i.path] = bad[i.path]
             else:
                 out.good[name].append(i.path)
+                out.sha256[i.path] = facts(store, i, name).sha256
     for (name, *_), info in results.items():
         out.bad[name][info.path] = "no cells row records it (an interrupted write, or a file from elsewhere)"
     return out

@@ -122,3 +122,44 @@ def test_a_report_from_the_caches_equals_one_without_them(output, tmp_path):
             a, b = (r.folder / "figures" / f"{name}.{suffix}" for r in (warm, plain))
             assert a.read_bytes() == b.read_bytes(), (name, suffix)
     assert (warm.folder / "report.html").read_text() == (plain.folder / "report.html").read_text()
+
+
+def test_summaries_cache_serves_this_datas_summaries_and_only_them(output, tables, tmp_path, monkeypatch):
+    """A report on unchanged data reads its summaries back; other data, settings or cells miss the cache."""
+    import shutil
+
+    from analysis.settings import DEFAULT
+
+    cache = tmp_path / "cache"
+    computed = report.summarise_cached(output, SWEEP, tables, DEFAULT, None, cache)
+    [kept] = cache.glob("*.summaries.pkl")
+    assert kept.name == f"{report.summaries_key(output, SWEEP, DEFAULT, None)}.summaries.pkl"
+
+    def never(*_):
+        raise AssertionError("computed the summaries the cache holds")
+    plain = report.summarise
+    monkeypatch.setattr(report, "summarise", never)
+    back = report.summarise_cached(output, SWEEP, tables, DEFAULT, None, cache)
+    assert back.frames.keys() == computed.frames.keys() and repr(back.found) == repr(computed.found)  # NaN != NaN
+    for name, df in computed.frames.items():
+        assert_frame_equal(back.frames[name], df)
+    monkeypatch.setattr(report, "summarise", plain)
+
+    key = report.summaries_key(output, SWEEP, DEFAULT, None)
+    from dataclasses import replace
+    assert report.summaries_key(output, SWEEP, replace(DEFAULT, accuracy_tolerance=0.05), None) != key
+    some = sorted(tables["cells"].collect()["cell_id"])[:3]
+    assert report.summaries_key(output, SWEEP, DEFAULT, some) != key
+    copy = str(tmp_path / "copy")
+    shutil.copytree(output, copy)
+    assert report.summaries_key(copy, SWEEP, DEFAULT, None) != key  # the paths are part of the data's identity
+    before = report.summaries_key(copy, SWEEP, DEFAULT, None)
+    [evals] = list((tmp_path / "copy").rglob(f"evals/**/{some[1]}.parquet"))
+    evals.unlink()  # that cell's evaluations no longer count
+    assert report.summaries_key(copy, SWEEP, DEFAULT, None) != before
+
+    kept.write_bytes(b"not a pickle")  # cut short or foreign: computed again and kept again
+    again = report.summarise_cached(output, SWEEP, tables, DEFAULT, None, cache)
+    assert repr(again.found) == repr(computed.found) and kept.read_bytes() != b"not a pickle"
+    assert repr(report.summarise_cached(output, SWEEP, tables, DEFAULT, None, None).found) == repr(computed.found)  # no cache
+    assert list(cache.glob("*.summaries.pkl")) == [kept]
