@@ -83,15 +83,49 @@ def _lp_scale(h: torch.Tensor, p: float) -> torch.Tensor:
     return h.abs().pow(p).mean(2).pow(1 / p)
 
 
+class _LpNorm(torch.autograd.Function):
+    """Training-mode l_p normalisation of (K, C, B), per member and channel over the samples, in `LpNorm.forward`'s
+    arithmetic (out = h g + (b - mean g), g = w / (scale + eps)), with its closed-form backward:
+    d out / d h = g (G - sum G / n) + d scale / d h * (-g sum G (h - mean) / (scale + eps))."""
+
+    @staticmethod
+    def forward(ctx, h, w, b, p, eps):
+        mean, scale = h.mean(2), _lp_scale(h, p)
+        g = w / (scale + eps)
+        ctx.save_for_backward(h, mean, scale, g)
+        ctx.p, ctx.eps = p, eps
+        ctx.mark_non_differentiable(mean, scale)
+        return torch.addcmul((b - mean * g).unsqueeze(2), h, g.unsqueeze(2)), mean, scale
+
+    @staticmethod
+    def backward(ctx, grad, _gm, _gs):
+        h, mean, scale, g = ctx.saved_tensors
+        p, n = ctx.p, h.shape[2]
+        gb = grad.sum(2)
+        gg = torch.linalg.vecdot(grad, h) - mean * gb  # sum over the samples of grad (h - mean)
+        gw = gg / (scale + ctx.eps)
+        gs = (-gg * g / (scale + ctx.eps) / n).unsqueeze(2)  # d loss / d scale, over n
+        if math.isinf(p):  # amax: shared among the samples that reach it, as autograd shares it
+            top = h.abs() == scale.unsqueeze(2)
+            ds = h.sign() * top / top.sum(2, keepdim=True) * n
+        elif p == 1:
+            ds = h.sign()
+        elif p == 2:
+            ds = h / scale.unsqueeze(2)
+        else:
+            ds = h.abs().pow(p - 1) * h.sign() * scale.pow(1 - p).unsqueeze(2)
+        gh = torch.addcmul((grad - (gb / n).unsqueeze(2)) * g.unsqueeze(2), ds, gs)
+        return gh, gw, gb, None, None
+
+
 def _lp_norm(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rm: torch.Tensor, rs: torch.Tensor,
              p: float, momentum: float, eps: float) -> torch.Tensor:
     """Training-mode l_p normalisation of (K, C, B) per member, in `LpNorm.forward`'s arithmetic."""
-    mean, scale = h.mean(2), _lp_scale(h, p)
+    out, mean, scale = _LpNorm.apply(h, w, b, p, eps)
     with torch.no_grad():
-        rm.lerp_(mean.detach(), momentum)
-        rs.lerp_(scale.detach(), momentum)
-    g = w / (scale + eps)
-    return torch.addcmul((b - mean * g).unsqueeze(2), h, g.unsqueeze(2))
+        rm.lerp_(mean, momentum)
+        rs.lerp_(scale, momentum)
+    return out
 
 
 MOMENT_NORMS = ("none", "batch", "l2")  # norms whose full-batch training loss depends on the data only through its moments

@@ -202,3 +202,56 @@ def test_the_noise_is_drawn_on_the_device_and_in_the_dtype_of_its_input():
     s, m = sample_noise(torch.empty(4, 3, 2, 2, device="meta", dtype=torch.float64), NoisyBatchOptions(), None)
     assert s.device.type == m.device.type == "meta" and s.dtype == m.dtype == torch.float64
     assert s.shape == m.shape == (4, 3, 2, 2)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf])
+def test_stacked_lp_norm_and_its_closed_form_gradients_match_brute_force(p):
+    """The packed DLN's l_p layer on (K, C, B): each member's output, running statistics and gradients (input,
+    weight, bias; its backward is written out, not autograd's) equal the brute-force formula's, member by member;
+    and gradcheck's finite differences agree with that backward."""
+    from bnsweep.dln_pack import _lp_norm, _LpNorm
+
+    gen = torch.Generator().manual_seed(3)
+    k, c, n = 3, 4, 7
+    h = (torch.randn(k, c, n, dtype=torch.float64, generator=gen) * 3 + 1).requires_grad_()
+    w = torch.randn(k, c, dtype=torch.float64, generator=gen).requires_grad_()
+    b = torch.randn(k, c, dtype=torch.float64, generator=gen).requires_grad_()
+    rm, rs = torch.zeros(k, c, dtype=torch.float64), torch.ones(k, c, dtype=torch.float64)
+    probe = torch.randn(k, c, n, dtype=torch.float64, generator=gen)
+    out = _lp_norm(h, w, b, rm, rs, p, 0.1, 1e-5)
+    got = torch.autograd.grad((out * probe).sum(), (h, w, b))
+    for m in range(k):
+        x = h[m].detach().T.clone().requires_grad_()  # member m as (N, C)
+        wm, bm = (t[m].detach().clone().requires_grad_() for t in (w, b))
+        want = brute_force(x, p, 1e-5, wm, bm)
+        torch.testing.assert_close(out[m].T, want, rtol=1e-12, atol=1e-12)
+        grads = torch.autograd.grad((want * probe[m].T).sum(), (x, wm, bm))
+        torch.testing.assert_close(got[0][m].T, grads[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got[1][m], grads[1], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got[2][m], grads[2], rtol=1e-10, atol=1e-12)
+        scale = x.abs().amax(0) if math.isinf(p) else x.abs().pow(p).mean(0).pow(1 / p)
+        torch.testing.assert_close(rm[m], 0.1 * x.mean(0).detach())
+        torch.testing.assert_close(rs[m], 0.9 + 0.1 * scale.detach())
+    first = lambda *a: _LpNorm.apply(*a, p, 1e-5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(first, (h, w, b))
+
+
+def test_stacked_linf_norm_shares_a_tied_maximum_as_the_unpacked_layer_does():
+    """Two samples tied at max |h|: the written-out backward splits d scale / d h between them, as autograd's amax."""
+    from bnsweep.dln_pack import _lp_norm
+
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(1, 2, 6, dtype=torch.float64, generator=gen)
+    h[0, 0, 1], h[0, 0, 4] = 5.0, -5.0
+    w, b = torch.randn(1, 2, dtype=torch.float64, generator=gen), torch.randn(1, 2, dtype=torch.float64, generator=gen)
+    probe = torch.randn(1, 2, 6, dtype=torch.float64, generator=gen)
+    hs = h.clone().requires_grad_()
+    got = torch.autograd.grad((_lp_norm(hs, w, b, torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), math.inf,
+                                             0.1, 1e-5) * probe).sum(), hs)[0]
+    layer = NORMS["linf"](2).double()
+    with torch.no_grad():
+        layer.weight.copy_(w[0]), layer.bias.copy_(b[0])
+    x = h[0].T.clone().requires_grad_()
+    want = torch.autograd.grad((layer(x) * probe[0].T).sum(), x)[0]
+    torch.testing.assert_close(got[0].T, want, rtol=1e-12, atol=1e-12)
+    assert got[0, 0, 1] != got[0, 0, 4]  # each tied sample got its own (signed) share
