@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field
 
 from bnsweep.errors import UserError
@@ -23,44 +22,6 @@ from bnsweep.options import Options
 
 if TYPE_CHECKING:
     from bnsweep.data import DatasetInfo
-
-
-class _MaxPool2x2(torch.autograd.Function):
-    """`max_pool2d(x, 2)`, its forward pass run on a channels-last copy of x: the same values, indices and gradients
-    as on x. On CPU, for a VGG's small maps (measured on (64, 256, 8, 8), one thread) the forward pass takes 1.3 ms
-    against the contiguous kernel's 5.5 ms, forward and backward 3.8 ms against 6.5 ms; the contiguous kernel took a
-    fifth of a packed `vgg_mini` step on the digits. Packed cells call it through `vmap`, whose rule here folds the
-    members into the batch (N) dimension."""
-
-    @staticmethod
-    def forward(x):
-        y, idx = torch.ops.aten.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), [2, 2], [2, 2],
-                                                        [0, 0], [1, 1], False)
-        return y.contiguous(), idx
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx, g, _):
-        x, idx = ctx.saved_tensors  # the indices are positions in each (H, W) map, whatever the memory format
-        return torch.ops.aten.max_pool2d_with_indices_backward(g, x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
-
-    @staticmethod
-    def vmap(info, in_dims, x):
-        x = x.movedim(in_dims[0], 0)
-        y, idx = _MaxPool2x2.apply(x.flatten(0, 1))
-        return (y.unflatten(0, x.shape[:2]), idx.unflatten(0, x.shape[:2])), (0, 0)
-
-
-class MaxPool2x2(nn.Module):
-    """`nn.MaxPool2d(2)` on (N, C, H, W): on CPU through a channels-last copy (`_MaxPool2x2`), elsewhere as it is."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _MaxPool2x2.apply(x)[0] if x.device.type == "cpu" and x.dim() == 4 else F.max_pool2d(x, 2)
-
 
 # CIFAR VGG conv stacks: channels, "M" = 2x2 max-pool. vgg_mini fits 8x8 inputs (digits).
 VGG_CFGS: dict[str, list[int | str]] = {
@@ -126,7 +87,7 @@ class VGG(nn.Module):
         c_in, hw = in_shape[0], in_shape[1]
         for v in cfg:
             if v == "M":
-                layers.append(MaxPool2x2())
+                layers.append(nn.MaxPool2d(2))
                 hw //= 2
             else:
                 c_out = max(1, round(int(v) * o.width))

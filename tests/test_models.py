@@ -84,38 +84,3 @@ def test_dln_output_is_the_product_of_its_weight_matrices():
 def test_incompatible_data_is_refused(arch, info):
     with pytest.raises(UserError, match=arch):
         MODELS[arch].check(arch, info)
-
-
-def test_vgg_max_pool_equals_torchs_bit_for_bit_packed_or_not():
-    """MaxPool2x2 (channels-last forward) against F.max_pool2d: values, gradients (the first maximum of a window
-    takes it: ties after ReLU, tied maxima), NaN, odd sizes; alone, under vmap with autograd after it (packed
-    cells), under vmap of torch.func.grad, and its double backward (gradgradcheck)."""
-    import torch.nn.functional as F
-    from torch.func import grad, vmap
-
-    from bnsweep.models import MaxPool2x2
-
-    pool, gen = MaxPool2x2(), torch.Generator().manual_seed(0)
-    for shape in [(4, 3, 8, 8), (2, 5, 7, 9), (3, 2, 2, 2)]:
-        for relu in (False, True):
-            x = torch.randn(shape, generator=gen)
-            x = x.relu() if relu else x
-            x[0, 0, 0, 0] = x[0, 0, 0, 1] = 9.0  # two tied maxima in one window
-            x[1, 0, 1, 1] = math.nan
-            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-            ya, yb = pool(a), F.max_pool2d(b, 2)
-            g = torch.randn(ya.shape, generator=gen)
-            ya.backward(g), yb.backward(g)
-            assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
-            assert torch.equal(a.grad.nan_to_num(), b.grad.nan_to_num()) and a.grad[0, 0, 0, 0] != 0 == a.grad[0, 0, 0, 1]
-    xs = torch.randn(3, 4, 2, 8, 8, generator=gen)  # 3 members
-    xa, xb = xs.clone().requires_grad_(), xs.clone().requires_grad_()
-    ya, yb = vmap(pool)(xa), vmap(lambda x: F.max_pool2d(x, 2))(xb)
-    assert torch.equal(ya, yb)
-    ya.pow(3).sum().backward(), yb.pow(3).sum().backward()
-    assert torch.equal(xa.grad, xb.grad)
-    assert torch.equal(vmap(grad(lambda x: pool(x).pow(3).sum()))(xs), vmap(grad(lambda x: F.max_pool2d(x, 2).pow(3).sum()))(xs))
-    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=gen, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda x: pool(x).square(), (x,))
-    vgg = build_model("vgg_mini", VggOptions(width=0.125), norm_layer("batch", NORMS["batch"].Options()), DIGITS)
-    assert sum(isinstance(m, MaxPool2x2) for m in vgg.modules()) == 3
