@@ -132,16 +132,27 @@ class Stack:
         self.started = torch.zeros(len(states), dtype=torch.bool, device=dev)  # has a momentum buffer (SGD's 1st step)
         dtype = next(iter(self.params.values())).dtype
         self.neg_lr = torch.tensor([-lr for lr in lrs], dtype=dtype, device=dev)
+        self.slots = list(range(len(states)))  # the member in each slot of the stack, in order
+        self.at = {k: k for k in self.slots}  # member -> its slot
         for k in range(len(states)):
             self.push(k)  # momentum from a resumed optimizer
 
+    def keep(self, members: list[int]) -> None:
+        """Only `members` stay on the stack (the others ended): the pack computes what is still training."""
+        idx = torch.tensor([self.at[k] for k in members], device=self.started.device)
+        self.params = {n: p.detach().index_select(0, idx).requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b.index_select(0, idx) for n, b in self.buffers.items()}
+        self.bufs = {n: b.index_select(0, idx) for n, b in self.bufs.items()}
+        self.started, self.neg_lr = self.started.index_select(0, idx), self.neg_lr.index_select(0, idx)
+        self.slots, self.at = list(members), {k: j for j, k in enumerate(members)}
+
     def member(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights, copied off the stack."""
-        return {n: p[k].detach().clone() for n, p in self.params.items()}
+        return {n: p[self.at[k]].detach().clone() for n, p in self.params.items()}
 
     def pull(self, k: int) -> None:
         """Member k's module and optimizer take their stacked values."""
-        st = self.states[k]
+        st, k = self.states[k], self.at[k]
         with torch.no_grad():
             for n, p in st.model.named_parameters():
                 p.copy_(self.params[n][k])
@@ -154,7 +165,7 @@ class Stack:
 
     def push(self, k: int) -> None:
         """The stack takes member k's module and optimizer values."""
-        st = self.states[k]
+        st, k = self.states[k], self.at[k]
         with torch.no_grad():
             for n, p in st.model.named_parameters():
                 self.params[n][k] = p.detach()
@@ -312,26 +323,28 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             stack.push(k)
         fast = [k for k in live if k not in alone]
         if fast:
-            mask = torch.zeros(K, dtype=torch.bool, device=dev)
-            mask[fast] = True
+            slots = stack.slots
+            mask = torch.zeros(len(slots), dtype=torch.bool, device=dev)
+            mask[[stack.at[k] for k in fast]] = True
             x0, y0 = batches[fast[0]]
-            xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in range(K)])
-            ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in range(K)])
+            xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in slots])
+            ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in slots])
             drawn_from = {k: states[k].generators["noise"].get_state() for k in measured}
-            noise = _draw(states, fast, order, shapes, opts, x0)
-            old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < K else {}
+            noise = _draw(states, fast, slots, order, shapes, opts, x0)
+            old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < len(slots) else {}
             loss, acc = program(stack.params, stack.buffers, xs, ys, noise)
             names = list(stack.params)
             grads = torch.autograd.grad(loss.sum(), [stack.params[n] for n in names], allow_unused=True)
             before = {k: stack.member(k) for k in measured}
             stack.update(dict(zip(names, grads)), mask, old)
             with torch.no_grad():
-                losses[:, step] = torch.where(mask, loss.detach().to(torch.float64), losses[:, step])
+                rows = slice(None) if len(slots) == K else torch.tensor(slots, device=dev)
+                losses[rows, step] = torch.where(mask, loss.detach().to(torch.float64), losses[rows, step])
                 if classification:
-                    accs[:, step] = torch.where(mask, acc.to(torch.float64), accs[:, step])
+                    accs[rows, step] = torch.where(mask, acc.to(torch.float64), accs[rows, step])
             if measured:
                 at = loss.detach().tolist()
-                measure_members(step, {k: Member(states[k].probes, states[k].model, cells[k].lr, at[k], before[k],
+                measure_members(step, {k: Member(states[k].probes, states[k].model, cells[k].lr, at[stack.at[k]], before[k],
                                                  stack.member(k), _again(states[k], before[k], batches[k][0], drawn_from[k]))
                                        for k in measured},
                                 _evaluator(probe_program, stack, xs, ys, noise))
@@ -345,6 +358,8 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
                 if bad is not None:
                     results[k].status, results[k].diverged_step = "diverged", bad
                     end(k)
+            if live and len(live) < len(stack.slots):
+                stack.keep(live)  # the diverged members' slots are computed no more
         for k in live if eval_due or save_due else []:
             stack.pull(k)
             if eval_due:
@@ -389,7 +404,7 @@ def _evaluator(program, stack: Stack, xs: torch.Tensor, ys: torch.Tensor, noise:
         out = []
         for i in range(0, len(points), per):
             chunk = points[i : i + per]
-            idx = torch.tensor([k for k, _, _ in chunk], device=xs.device)
+            idx = torch.tensor([stack.at[k] for k, _, _ in chunk], device=xs.device)
             params = {n: torch.stack([p[n].detach() for _, p, _ in chunk]).requires_grad_() for n in names}
             buffers = {n: b.index_select(0, idx) for n, b in stack.buffers.items()}
             given = [(s.index_select(0, idx), m.index_select(0, idx)) for s, m in noise]
@@ -411,18 +426,19 @@ def _moments_if_exact(cell: CellConfig, data: Data, batch: int) -> dict | None:
     return None
 
 
-def _draw(states: list[TrainState], fast: list[int], order: list[str], shapes: dict, opts, like: torch.Tensor) -> list:
-    """Per noisy norm, stacked (s, m): drawn for each member in `fast` from its own noise generator, in the
-    unpacked order (layer by layer within a member); s = 1, m = 0 in the other slots, whose results are discarded."""
+def _draw(states: list[TrainState], fast: list[int], slots: list[int], order: list[str], shapes: dict, opts,
+          like: torch.Tensor) -> list:
+    """Per noisy norm, stacked (s, m) over the stack's `slots`: drawn for each member in `fast` from its own noise
+    generator, in the unpacked order (layer by layer within a member); s = 1, m = 0 in the other slots, whose results
+    are discarded."""
     if not order:
         return []
-    K = len(states)
     drawn = {k: [sample_noise(like.new_empty(shapes[n]), opts, states[k].generators["noise"]) for n in order]
              for k in fast}
     out = []
     for i, n in enumerate(order):
         blank = like.new_empty(shapes[n])
-        s = torch.stack([drawn[k][i][0] if k in drawn else torch.ones_like(blank) for k in range(K)])
-        m = torch.stack([drawn[k][i][1] if k in drawn else torch.zeros_like(blank) for k in range(K)])
+        s = torch.stack([drawn[k][i][0] if k in drawn else torch.ones_like(blank) for k in slots])
+        m = torch.stack([drawn[k][i][1] if k in drawn else torch.zeros_like(blank) for k in slots])
         out.append((s, m))
     return out

@@ -166,11 +166,19 @@ def test_resumed_pack_equals_uninterrupted_pack(arch, norm):
     assert close(alone.steps, whole[0].steps)
 
 
-def test_diverged_member_stops_alone():
+def test_diverged_member_stops_alone(monkeypatch):
+    """A diverged member ends at once and leaves the stack (the others go on as a pack of 2): the others' results
+    are those of a pack without it, and its own that of its unpacked run."""
+    from bnsweep.pack import Stack
+
+    kept: list[list[int]] = []
+    keep = Stack.keep
+    monkeypatch.setattr(Stack, "keep", lambda self, live: (kept.append(list(live)), keep(self, live))[1])
     lrs, seeds = [1e-4, 1e-1, 5e-5], [0, 2, 1]
     cells = members("dln", "none", steps=50, eval_every=25, lrs=lrs, seeds=seeds)
     ended: list[int] = []
     with3 = train_pack(cells, dtype=F64, finished=lambda k, res: ended.append(k))
+    assert kept == [[0, 2]]
     without = train_pack([cells[0], cells[2]], dtype=F64)
     assert with3[1].status == "diverged" and ended[0] == 1  # finished as soon as it diverged
     same_result(train_cell(cells[1], dtype=F64), with3[1])

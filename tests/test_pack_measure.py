@@ -57,10 +57,12 @@ def test_stacked_measurements_on_minibatches(monkeypatch, norm):
         same_result(train_cell(c, dtype=F64), p)
 
 
-@pytest.mark.parametrize("norm", ["none", "l1"])
-def test_member_diverging_mid_pack_with_stacked_measurements(norm):
-    """The middle member diverges; it is finished at once with its rows so far, the others measured on."""
-    cells = members("dln", norm, steps=40, eval_every=20, lrs=[1e-4, 1e-1, 5e-5], seeds=[0, 2, 1],
+@pytest.mark.parametrize("arch,norm,lrs", [("dln", "none", [1e-4, 1e-1, 5e-5]), ("dln", "l1", [1e-4, 1e-1, 5e-5]),
+                                           ("vgg_mini", "noisy_batch", [0.05, 10.0, 0.1])])
+def test_member_diverging_mid_pack_with_stacked_measurements(arch, norm, lrs):
+    """The middle member diverges; it is finished at once with its rows so far and leaves the stack, the others
+    measured on (their slots, batches and noise now those of a pack of 2)."""
+    cells = members(arch, norm, steps=40, eval_every=20, lrs=lrs, seeds=[0, 2, 1],
                     measure={"ics": {"every": 3, "layers": [2]}, "landscape": {"every": 3, "eta": {"points": 2}}})
     ended: list[int] = []
     packed = train_pack(cells, dtype=F64, finished=lambda k, res: ended.append(k))
