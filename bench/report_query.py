@@ -8,7 +8,7 @@ steps (landscape at 8 etas, ics and activations at 2 layers). Each report is tim
 by side, their order rotating from one repeat to the next: the figure files as they were drawn before
 (SVG and PNG, one figure after another in this process, no cache), the default (SVG, drawn by worker
 processes) and SVG + PNG with workers, each with an empty figure cache, and the default again with the
-cache holding this data's figures and specs (a report re-run on unchanged data). Times are wall clock, the median
+cache holding this data's figures, specs and summaries (a report re-run on unchanged data). Times are wall clock, the median
 of --repeats runs; the first report of a fresh machine also builds the Vega bundle once (cached under
 ~/.cache/bnsweep), which is timed apart. These reports run in this process, one after another, so files are
 read and verified once, and the imports are paid once. So `bnsweep report` is also timed as a user runs it, in a
