@@ -156,12 +156,15 @@ def summaries_key(output: str, sweep: str, settings: Settings, cell_ids: list[st
 
 
 def summarise_cached(output: str, sweep: str, tables: dict[str, pl.LazyFrame], settings: Settings,
-                     cell_ids: list[str] | None, where: Path | None) -> Summed:
-    """`summarise`, read back from the cache folder `where` when it holds this data's summaries (same key), else
-    computed and kept there beside the figures (pruned with them, analysis/draw.py). None: no cache."""
+                     cell_ids: list[str] | None, where: Path | None, key: str | None = None) -> Summed:
+    """`summarise`, read back from the cache folder `where` when it holds this data's summaries, else computed and
+    kept there beside the figures (pruned with them, analysis/draw.py). None: no cache. `key`: `summaries_key` taken
+    before `tables` were read (default: now). The summaries are kept only if the key is the same after them: a file
+    that a running sweep writes meanwhile leaves them uncached rather than kept under the new data's key."""
     if where is None:
         return summarise(output, sweep, tables, settings)
-    path = where / f"{summaries_key(output, sweep, settings, cell_ids)}.summaries.pkl"
+    key = key or summaries_key(output, sweep, settings, cell_ids)
+    path = where / f"{key}.summaries.pkl"
     try:
         found = pickle.loads(path.read_bytes())  # the user's own cache, written below, named by its content's key
         if isinstance(found, Summed):
@@ -170,7 +173,8 @@ def summarise_cached(output: str, sweep: str, tables: dict[str, pl.LazyFrame], s
     except Exception:  # noqa: BLE001 - absent, pruned meanwhile, cut short, or from code that no longer loads
         pass
     summed = summarise(output, sweep, tables, settings)
-    draw.keep(where, path.name, pickle.dumps(summed))
+    if summaries_key(output, sweep, settings, cell_ids) == key:
+        draw.keep(where, path.name, pickle.dumps(summed))
     return summed
 
 
@@ -185,6 +189,8 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
         out.seconds[stage] = out.seconds.get(stage, 0.0) + now - clock
         clock = now
 
+    cache = (files or draw.Files()).cache
+    key = summaries_key(output, sweep, settings, cell_ids) if cache is not None else None  # the data as read below
     tables = load.tables(output, sweep)
     for name in ("cells", "evals"):  # absent: empty frames of the right schema
         tables.setdefault(name, load.table(output, name, sweep))
@@ -199,7 +205,7 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     with draw.Drawer(files or draw.Files(), VL_VERSION) as drawer, ThreadPoolExecutor(1) as thread:
         # the summaries in a thread (mostly Polars, which lets go of the GIL) while this one builds the figures' specs
         # (Altair, pure Python); each figure's files are drawn by the workers while the report goes on
-        summed = thread.submit(summarise_cached, output, sweep, tables, settings, cell_ids, drawer.cache)
+        summed = thread.submit(summarise_cached, output, sweep, tables, settings, cell_ids, drawer.cache, key)
         for name, df in figures.frames(tables, settings).items():
             fig = figures.FIGURES[name]
             if isinstance(df, figures.Skipped):

@@ -163,3 +163,15 @@ def test_summaries_cache_serves_this_datas_summaries_and_only_them(output, table
     assert repr(again.found) == repr(computed.found) and kept.read_bytes() != b"not a pickle"
     assert repr(report.summarise_cached(output, SWEEP, tables, DEFAULT, None, None).found) == repr(computed.found)  # no cache
     assert list(cache.glob("*.summaries.pkl")) == [kept]
+
+    def meanwhile(*args):  # a running sweep changes the data while the summaries are computed: they are not kept
+        summed = plain(*args)
+        [steps] = list((tmp_path / "copy").rglob(f"steps/**/{some[2]}.parquet"))
+        steps.unlink()
+        return summed
+    monkeypatch.setattr(report, "summarise", meanwhile)
+    copied = load.tables(copy, SWEEP)
+    copied["cells"] = groups.label(copied["cells"])
+    fresh = tmp_path / "fresh"
+    report.summarise_cached(copy, SWEEP, copied, DEFAULT, None, fresh, key=report.summaries_key(copy, SWEEP, DEFAULT, None))
+    assert not list(fresh.glob("*.summaries.pkl"))
