@@ -91,6 +91,25 @@ def test_a_whole_cell_verifies_with_nothing_left_out(store):
     assert judged(store) == ({"a0": "done"}, {})
 
 
+def test_a_surveys_digest_is_the_hash_of_every_trusted_files_path_and_bytes(store):
+    """Survey.sha256 holds each trusted file's sha256 of its bytes, and no other file; digest() is the sha256 of
+    the sorted "path NUL hash" lines, so it changes with any trusted file's bytes or place and with nothing else."""
+    finished(store)
+    finished(store, B, status="diverged")
+    stray = os.path.join(store.root, "steps", "stray.parquet")
+    pq.write_table(steps_of(A), stray)
+    found = verify.survey(store)
+    trusted = sorted(p for paths in found.good.values() for p in paths)
+    assert sorted(found.sha256) == trusted and len(trusted) == 6 and stray not in found.sha256
+    assert all(h == hashlib.sha256(open(p, "rb").read()).hexdigest() for p, h in found.sha256.items())
+    lines = "".join(f"{p}\0{found.sha256[p]}\n" for p in trusted)
+    assert found.digest() == hashlib.sha256(lines.encode()).hexdigest()
+    assert verify.survey(store).digest() == found.digest()  # the same files: the same digest
+    one = verify.Survey(sha256={"x": "1", "y": "2"})
+    assert one.digest() != verify.Survey(sha256={"x": "1", "y": "3"}).digest() != verify.Survey(sha256={"x": "1", "z": "2"}).digest()
+    assert one.digest() == verify.Survey(sha256={"y": "2", "x": "1"}).digest()  # order does not matter
+
+
 # --- the `cells` file itself -------------------------------------------------------------------------
 
 def test_a_cells_file_that_is_not_a_cells_table_says_which_columns_do_not_fit(store):
