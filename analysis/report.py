@@ -189,8 +189,8 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
         out.seconds[stage] = out.seconds.get(stage, 0.0) + now - clock
         clock = now
 
-    cache = (files or draw.Files()).cache
-    key = summaries_key(output, sweep, settings, cell_ids) if cache is not None else None  # the data as read below
+    files = files or draw.Files()
+    key = summaries_key(output, sweep, settings, cell_ids) if files.cache is not None else None  # the data as read below
     tables = load.tables(output, sweep)
     for name in ("cells", "evals"):  # absent: empty frames of the right schema
         tables.setdefault(name, load.table(output, name, sweep))
@@ -202,7 +202,7 @@ def write_sweep(output: str, sweep: str, folder: Path, settings: Settings = DEFA
     lap("load")
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     specs, blocks = {}, []
-    with draw.Drawer(files or draw.Files(), VL_VERSION) as drawer, ThreadPoolExecutor(1) as thread:
+    with draw.Drawer(files, VL_VERSION) as drawer, ThreadPoolExecutor(1) as thread:
         # the summaries in a thread (mostly Polars, which lets go of the GIL) while this one builds the figures' specs
         # (Altair, pure Python); each figure's files are drawn by the workers while the report goes on
         summed = thread.submit(summarise_cached, output, sweep, tables, settings, cell_ids, drawer.cache, key)

@@ -152,31 +152,31 @@ class Stack:
 
     def pull(self, k: int) -> None:
         """Member k's module and optimizer take their stacked values."""
-        st, k = self.states[k], self.at[k]
+        st, j = self.states[k], self.at[k]  # member k sits in slot j
         with torch.no_grad():
             for n, p in st.model.named_parameters():
-                p.copy_(self.params[n][k])
+                p.copy_(self.params[n][j])
             for n, b in st.model.named_buffers():
-                b.copy_(self.buffers[n][k])
+                b.copy_(self.buffers[n][j])
             st.optimizer.state.clear()
-            if self.momentum and self.started[k]:
+            if self.momentum and self.started[j]:
                 for n, p in st.model.named_parameters():
-                    st.optimizer.state[p]["momentum_buffer"] = self.bufs[n][k].clone()
+                    st.optimizer.state[p]["momentum_buffer"] = self.bufs[n][j].clone()
 
     def push(self, k: int) -> None:
         """The stack takes member k's module and optimizer values."""
-        st, k = self.states[k], self.at[k]
+        st, j = self.states[k], self.at[k]  # member k sits in slot j
         with torch.no_grad():
             for n, p in st.model.named_parameters():
-                self.params[n][k] = p.detach()
+                self.params[n][j] = p.detach()
             for n, b in st.model.named_buffers():
-                self.buffers[n][k] = b
+                self.buffers[n][j] = b
             if self.momentum:
                 have = [st.optimizer.state.get(p, {}).get("momentum_buffer") for _, p in st.model.named_parameters()]
-                self.started[k] = any(b is not None for b in have)
+                self.started[j] = any(b is not None for b in have)
                 for (n, _), b in zip(st.model.named_parameters(), have):
                     if b is not None:
-                        self.bufs[n][k] = b
+                        self.bufs[n][j] = b
 
     def update(self, grads: dict[str, torch.Tensor | None], mask: torch.Tensor,
                old_buffers: dict[str, torch.Tensor]) -> None:
