@@ -8,8 +8,11 @@ cells' rows, each written whole under its final name, stay as they are. The exit
 signal's number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). Tune's own SIGINT handler is switched off
 (TUNE_DISABLE_SIGINT_HANDLER in runner.RAY_ENV), and Ray's SIGTERM handlers are kept from being
 installed (runner._connect): they would exit from inside Ray's start or kill Ray's processes under
-the running loop. While Ray starts (`deferred()`), the first signal is only recorded and raised
-once `ray.init` returns: a KeyboardInterrupt inside its C++ start-up ended the process by SIGSEGV.
+the running loop; Ray's C++ failure-signal handler is switched off (RAY_DISABLE_FAILURE_SIGNAL_HANDLER in
+runner.RAY_ENV): `ray.shutdown()` removed it by setting SIGTERM's action to the default, so a second
+signal during the unwinding ended the driver by SIGTERM instead of reaching the handler here. While Ray
+starts (`deferred()`), the first signal is only recorded and raised once `ray.init` returns: a
+KeyboardInterrupt inside its C++ start-up ended the process by SIGSEGV.
 A second signal while the unwinding is under way ends Ray's processes and the driver on the spot
 (same status); a lock it leaves names a dead process, which the next run takes over.
 

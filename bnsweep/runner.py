@@ -43,6 +43,10 @@ RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # no experiment banner: bnsweep prints its own progress
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial CSV/JSON/TensorBoard: Parquet is the record
     "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Ctrl-C is bnsweep.interrupt's: stop now, not after a last Tune snapshot
+    # Ray's C++ failure-signal handler: ray.shutdown() "uninstalls" it by setting SIGTERM (and SIGSEGV, SIGABRT, ...)
+    # to SIG_DFL under Python's feet, so a second signal while the run unwinds killed the driver (-15) instead of
+    # reaching bnsweep.interrupt (measured: the C-level SIGTERM action is SIG_DFL after ray.shutdown without this)
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }
 
 

@@ -121,6 +121,34 @@ def test_second_signal_exits_at_once_and_leaves_no_ray_process(tmp_path):
     _no_ray_left(d.p.pid)
 
 
+SIGNAL_AFTER_RAY_SHUTDOWN = """
+import os, signal, sys, time
+from bnsweep import interrupt, runner
+with interrupt.StopOnInterrupt():
+    runner._connect(None)
+    runner._shutdown()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except KeyboardInterrupt:
+        print("bnsweep's handler ran")
+        sys.exit(interrupt.status())
+"""
+
+
+def test_a_signal_after_ray_shutdown_still_reaches_bnsweeps_handler(tmp_path):
+    """The window in which a second signal used to kill the driver by SIGTERM's default action (-15) instead of
+    exiting with 143: Ray's shutdown reset the C-level action under the Python handler. Deterministic: the signal
+    is sent after `_shutdown` returns."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": tempfile.mkdtemp(prefix="sig-", dir="/tmp")}
+    try:
+        p = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_RAY_SHUTDOWN], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+    assert (p.returncode, p.stdout.strip()) == (143, "bnsweep's handler ran"), p.stderr[-3000:]
+
+
 @pytest.mark.parametrize("group", [True, False], ids=["with-its-ray", "driver-alone"])
 def test_two_drivers_one_paused_past_the_stale_limit(tmp_path, monkeypatch, group):
     """Driver A is paused past the stale limit, with its Ray processes (a suspended machine) or alone (its cells
