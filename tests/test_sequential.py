@@ -121,6 +121,7 @@ def test_one_look_at_all_the_seeds_is_the_fixed_n_rule(synthetic):
     assert [v.verdict for v in fixed] != [v.verdict for v in claims.check(out, smooth)]
 
 
+@pytest.mark.slow  # over 10 s in CI
 def test_the_report_follows_the_sweeps_design_file(synthetic, tmp_path):
     _, out, smooth = synthetic
     store = Store(str(tmp_path / "out"))  # where the design file goes (the shared sweep stays as it is)

@@ -107,6 +107,7 @@ def test_second_run_executes_nothing(own, capsys):
     assert tree_digest(out) == before
 
 
+@pytest.mark.slow  # over 10 s in CI
 def test_a_new_seed_runs_only_the_new_cells(own, tmp_path, capsys):
     spec, out = own
     before = scan(out, "cells").select("cell_id", "started_at")
