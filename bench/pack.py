@@ -12,9 +12,10 @@ ratios, taken from alternating runs, mean anything; seconds are what that load a
 
 The setups are claims_cpu.yaml's: the paper's DLN (25 layers of 10, full batch of 1000, lr 1e-6) with
 its measurement schedule (ICS at layers 9 and 17 and the landscape with 8 step sizes every 100 steps,
-evaluations every 1000), and vgg_mini at width 1/8 on digits (batch 64, ICS, landscape and activations
-every 50 steps, evaluations every 250). `--steps` shortens the runs (one figure per arch, the same for every
-K). `--profile`: for each arch a torch.profiler table of the top operations of one packed K = 8 run.
+evaluations every 1000), and vgg_mini at width 1/8 on digits (NHWC, `performance: {channels_last: true}`;
+batch 64, ICS, landscape and activations every 50 steps, evaluations every 250). `--steps` shortens
+the runs (one figure per arch, the same for every K). `--profile`: for each arch a torch.profiler
+table of the top operations of one packed K = 8 run.
 torch uses `--threads` threads (default 1: a Ray trial's `cpu: 1`). Written to
 bench/results/pack_<device>.txt.
 """
@@ -42,13 +43,14 @@ SETUPS = {  # claims_cpu.yaml's cells: (dataset, model, batch, lr, norm, measure
                  {"ics": {"every": 50, "layers": [2, 5]}, "landscape": {"every": 50, "eta": {"from": 0.5, "to": 4, "points": 8}},
                   "activations": {"every": 50, "layers": [2, 5]}}, 250),
 }
+PERFORMANCE = {"dln": {}, "vgg_mini": {"channels_last": True}}  # claims_cpu.yaml's `performance:`
 
 
 def cells(arch: str, steps: int, k: int, device: str, norm: str | None = None) -> list[CellConfig]:
     data, model, batch, lr, default_norm, measure, eval_every = SETUPS[arch]
     return [CellConfig(sweep="bench", arch=arch, norm=norm or default_norm, lr=lr * (1 + i / 100), seed=i, dataset=data,
                        model=model, norm_options={}, device=device, resources={"cpu": 1}, measure=measure,
-                       train=TrainSpec(steps=steps, batch_size=batch, eval_every=eval_every))
+                       performance=PERFORMANCE[arch], train=TrainSpec(steps=steps, batch_size=batch, eval_every=eval_every))
             for i in range(k)]
 
 

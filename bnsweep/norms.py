@@ -76,18 +76,23 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
         _check_dims(x)
 
 
-def sample_noise(y: torch.Tensor, o: NoisyBatchOptions, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_noise(y: torch.Tensor, o: NoisyBatchOptions, generator: torch.Generator | None,
+                 out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's noise for one step: returns (s, m), each shaped like `y`, to apply as s * y + m.
 
     Per unit j: mu_t[j] ~ U(-n_mu, n_mu), sigma_t[j] ~ U(1, n_sigma); per element:
     m ~ U(mu_t[j] - r_mu, mu_t[j] + r_mu), s ~ N(sigma_t[j], r_sigma).
+    `out`: contiguous (s, m) of y's shape to draw into (a pack's stacked slots); the values are the same.
+    The element-wise arithmetic runs in place, in the order of the formulas: m = mu + (2 u - 1) r_mu,
+    s = sigma + z r_sigma.
     """
     kw = dict(generator=generator, device=y.device, dtype=y.dtype)
     c = y.shape[1]
     mu = (2 * torch.rand(c, **kw) - 1) * o.n_mu
     sigma = 1 + torch.rand(c, **kw) * (o.n_sigma - 1)
-    m = _per_channel(mu, y) + (2 * torch.rand(y.shape, **kw) - 1) * o.r_mu
-    s = _per_channel(sigma, y) + torch.randn(y.shape, **kw) * o.r_sigma
+    s, m = out if out is not None else (None, None)
+    m = torch.rand(y.shape, **kw, out=m).mul_(2).sub_(1).mul_(o.r_mu).add_(_per_channel(mu, y))
+    s = torch.randn(y.shape, **kw, out=s).mul_(o.r_sigma).add_(_per_channel(sigma, y))
     return s, m
 
 

@@ -5,12 +5,12 @@
 
 Each member is a full `TrainState` (its own seeded initialisation, generators, batch order and
 probes). Between steps the weights, buffers and momentum live stacked, (K, ...) per tensor; a DLN
-step is the batched network of `bnsweep.dln_pack` (no vmap), any other net's one `torch.vmap` of
-`torch.func.functional_call` over a parameter-free (meta) copy of the net; either way one autograd
-pass through the stack. What cannot run inside vmap is done per member outside
-it, in the unpacked order: batch indices and augmentation from the member's generators, and
-noisy BatchNorm's noise, drawn with the member's noise generator and passed in as stacked inputs.
-BatchNorm's and l_p's running statistics are stacked buffers updated inside vmap.
+step is the batched network of `bnsweep.dln_pack`, a VGG's with a linear head the grouped network of
+`bnsweep.vgg_pack` (neither uses vmap), any other net's one `torch.vmap` of `torch.func.functional_call`
+over a parameter-free (meta) copy of the net; either way one autograd pass through the stack. What is
+drawn from a member's generators is drawn per member outside that program, in the unpacked order:
+batch indices and augmentation, and noisy BatchNorm's noise, passed in as stacked inputs.
+BatchNorm's and l_p's running statistics are stacked buffers the program updates in place.
 
 Measurements made of losses and gradients at points on the step's batch (ICS, landscape) and those
 of the forward pass (activations) leave the member's step in the stack, the program it runs
@@ -41,7 +41,7 @@ from bnsweep.dln_pack import MOMENT_NORMS, StackedDLN, moments
 from bnsweep.measure.stacked import Evaluate, Member, by_points, measure_members
 from bnsweep.models import build_model
 from bnsweep.norms import BatchNorm, NoisyBatchNorm, norm_layer, sample_noise
-from bnsweep.performance import checks_every
+from bnsweep.performance import applied, checks_every
 from bnsweep.spec import CellConfig, pack_key
 from bnsweep.train import (
     Checkpoint,
@@ -59,6 +59,7 @@ from bnsweep.train import (
     resolve_device,
     train_step,
 )
+from bnsweep.vgg_pack import StackedVGG
 
 
 class _StackedBatchNorm(torch.autograd.Function):
@@ -181,7 +182,7 @@ class Stack:
     def update(self, grads: dict[str, torch.Tensor | None], mask: torch.Tensor,
                old_buffers: dict[str, torch.Tensor]) -> None:
         """torch.optim.SGD's update (weight decay, momentum without dampening) for the members in `mask`;
-        the others keep their weights, momentum and buffers (which the vmapped forward pass touched)."""
+        the others keep their weights, momentum and buffers (which the stacked forward pass touched)."""
         every = bool(mask.all())  # the common case: no slot to keep
         with torch.no_grad():
             for n, b in self.buffers.items() if not every else ():
@@ -251,12 +252,21 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
     """
     if len({pack_key(c) for c in cells}) != 1:
         raise ValueError("a pack's cells must be equal in everything but lr and seed")
+    dev = resolve_device(device or cells[0].device)
+    with applied(cells[0].performance, dev) as perf:  # the cells' execution choices, as train_cell applies them
+        results = _train_pack(cells, dev, resumes, checkpoints, checkpoint_every, finished, dtype, on_evals, perf)
+    return results
+
+
+def _train_pack(cells: list[CellConfig], dev: torch.device, resumes: list[dict | None] | None,
+                checkpoints: list[Checkpoint] | None, checkpoint_every: int,
+                finished: Callable[[int, TrainResult], None] | None, dtype: torch.dtype | None,
+                on_evals: list[OnEval | None] | None, perf: dict) -> list[TrainResult]:
     K, cell = len(cells), cells[0]
     resumes = resumes or [None] * K
     on_evals = on_evals or [None] * K
     if len({(r or {}).get("step", 0) for r in resumes}) != 1:
         raise ValueError("a pack's members must resume from one step")
-    dev = resolve_device(device or cell.device)
     data = cast_data(load_data(cell.dataset, str(dev)), dtype)
     classification = data.info.task == "classification"
     t = cell.train
@@ -265,7 +275,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
     states = [new_state(c, data, dev, dtype) for c in cells]
     losses = torch.empty(K, t.steps, device=dev, dtype=torch.float64)
     accs = torch.empty(K, t.steps, device=dev, dtype=torch.float64)
-    results = [TrainResult(status="done", device=str(dev)) for _ in cells]
+    results = [TrainResult(status="done", device=str(dev), performance=dict(perf)) for _ in cells]
     t0 = time.perf_counter()
     for k, (st, res, resume) in enumerate(zip(states, results, resumes)):
         st.losses, st.accs = losses[k], accs[k]  # views: the stack's rows are the members' records
@@ -293,8 +303,12 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             warnings.filterwarnings("ignore", message=".*batching rule for aten::lerp_")
             return vmap(member)(params, buffers, x, y, noise)
 
-    program = (StackedDLN(template, order, lf, classification, _moments_if_exact(cell, data, states[0].order.b))
-               if cell.arch == "dln" else vmapped)
+    if cell.arch == "dln":
+        program = StackedDLN(template, order, lf, classification, _moments_if_exact(cell, data, states[0].order.b))
+    elif StackedVGG.supports(template):
+        program = StackedVGG(template, order, lf, channels_last=cell.performance.channels_last)
+    else:
+        program = vmapped
 
     def spent(k: int) -> dict[str, float]:
         """Member k's seconds so far: its evaluations and measurements, and 1/K of the pack's training time."""
@@ -310,13 +324,22 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         if finished is not None:
             finished(k, results[k])
 
-    probe_program = (StackedDLN(template, order, lf, classification) if isinstance(program, StackedDLN) and program.m is not None
-                     else program)  # probes run on the samples, as the unpacked step's do
+    moment_form = isinstance(program, StackedDLN) and program.m is not None
+    probe_program = StackedDLN(template, order, lf, classification) if moment_form else program  # probes run on the samples
+
+    # the moment form reads no samples: a member's batch is gathered only for what reads it (measurements on the
+    # samples, an unpacked step), and its batch order moves on every step all the same
+    gather_all = not moment_form
 
     for step in range(states[0].step, t.steps):
-        batches = {k: next_batch(states[k], data, augment) for k in live}
         measured = [k for k in live if by_points(states[k].probes, step)]  # measured on the stack
         alone = [k for k in live if k not in measured and states[k].probes.due(step)]
+        batches = {}
+        for k in live:
+            if gather_all or k in measured or k in alone:
+                batches[k] = next_batch(states[k], data, augment)
+            else:
+                states[k].order.next()
         for k in alone:  # measurements that read the member's own module (activations, curvature): the step unpacked
             stack.pull(k)
             train_step(states[k], step, *batches[k], lf, classification)
@@ -326,11 +349,14 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
             slots = stack.slots
             mask = torch.zeros(len(slots), dtype=torch.bool, device=dev)
             mask[[stack.at[k] for k in fast]] = True
-            x0, y0 = batches[fast[0]]
-            xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in slots])
-            ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in slots])
+            if batches:
+                x0, y0 = next(iter(batches.values()))
+                xs = torch.stack([batches[k][0] if k in batches else torch.zeros_like(x0) for k in slots])
+                ys = torch.stack([batches[k][1] if k in batches else torch.zeros_like(y0) for k in slots])
+            else:  # nothing reads this step's samples
+                xs, ys = data.x_train.new_empty(len(slots), 0), data.y_train.new_empty(len(slots), 0)
             drawn_from = {k: states[k].generators["noise"].get_state() for k in measured}
-            noise = _draw(states, fast, slots, order, shapes, opts, x0)
+            noise = _draw(states, fast, stack.at, order, shapes, opts, data.x_train)
             old = {n: b.clone() for n, b in stack.buffers.items()} if len(fast) < len(slots) else {}
             loss, acc = program(stack.params, stack.buffers, xs, ys, noise)
             names = list(stack.params)
@@ -344,8 +370,11 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
                     accs[rows, step] = torch.where(mask, acc.to(torch.float64), accs[rows, step])
             if measured:
                 at = loss.detach().tolist()
+                step_g = {} if moment_form else {k: {n: g[stack.at[k]] if g is not None else torch.zeros_like(stack.params[n][0])
+                                                     for n, g in zip(names, grads)} for k in measured}
                 measure_members(step, {k: Member(states[k].probes, states[k].model, cells[k].lr, at[stack.at[k]], before[k],
-                                                 stack.member(k), _again(states[k], before[k], batches[k][0], drawn_from[k]))
+                                                 stack.member(k), _again(states[k], before[k], batches[k][0], drawn_from[k]),
+                                                 step_g.get(k))
                                        for k in measured},
                                 _evaluator(probe_program, stack, xs, ys, noise))
         done = step + 1
@@ -426,19 +455,16 @@ def _moments_if_exact(cell: CellConfig, data: Data, batch: int) -> dict | None:
     return None
 
 
-def _draw(states: list[TrainState], fast: list[int], slots: list[int], order: list[str], shapes: dict, opts,
+def _draw(states: list[TrainState], fast: list[int], at: dict[int, int], order: list[str], shapes: dict, opts,
           like: torch.Tensor) -> list:
-    """Per noisy norm, stacked (s, m) over the stack's `slots`: drawn for each member in `fast` from its own noise
-    generator, in the unpacked order (layer by layer within a member); s = 1, m = 0 in the other slots, whose results
-    are discarded."""
+    """Per noisy norm, stacked (s, m) over the stack's slots (`at`: member -> slot, `Stack.at`): drawn for each
+    member in `fast` from its own noise generator, in the unpacked order (layer by layer within a member); s = 1,
+    m = 0 in the other slots, whose results are discarded."""
     if not order:
         return []
-    drawn = {k: [sample_noise(like.new_empty(shapes[n]), opts, states[k].generators["noise"]) for n in order]
-             for k in fast}
-    out = []
-    for i, n in enumerate(order):
-        blank = like.new_empty(shapes[n])
-        s = torch.stack([drawn[k][i][0] if k in drawn else torch.ones_like(blank) for k in slots])
-        m = torch.stack([drawn[k][i][1] if k in drawn else torch.zeros_like(blank) for k in slots])
-        out.append((s, m))
+    out = [(like.new_ones(len(at), *shapes[n]), like.new_zeros(len(at), *shapes[n])) for n in order]
+    for k in fast:  # drawn straight into the stacked slots, layer by layer within a member
+        for s, m in out:
+            j = at[k]
+            sample_noise(s[j], opts, states[k].generators["noise"], out=(s[j], m[j]))
     return out

@@ -104,6 +104,28 @@ def test_batch_norm_matches_brute_force(kind):
     torch.testing.assert_close(layer(x), out.detach(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1000, 10), (64, 8, 8, 8), (3, 5)])
+def test_noise_drawn_in_place_or_into_a_slot_is_the_formulas_bit_for_bit(shape, dtype):
+    """sample_noise's in-place arithmetic, and its draw into a pack's stacked slot, give the formulas' values
+    exactly, written out of place here from the same generator stream (rand c, rand c, rand y, randn y)."""
+    o = NoisyBatchOptions()
+    y = torch.empty(shape, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    kw = dict(generator=g, dtype=dtype)
+    unit = (1, -1, *[1] * (len(shape) - 2))
+    mu = ((2 * torch.rand(shape[1], **kw) - 1) * o.n_mu).view(unit)
+    sigma = (1 + torch.rand(shape[1], **kw) * (o.n_sigma - 1)).view(unit)
+    m = mu + (2 * torch.rand(shape, **kw) - 1) * o.r_mu
+    s = sigma + torch.randn(shape, **kw) * o.r_sigma
+    alone = sample_noise(y, o, torch.Generator().manual_seed(3))
+    slots = torch.zeros(3, *shape, dtype=dtype), torch.zeros(3, *shape, dtype=dtype)
+    sample_noise(y, o, torch.Generator().manual_seed(3), out=(slots[0][1], slots[1][1]))
+    assert torch.equal(alone[0], s) and torch.equal(alone[1], m)
+    assert torch.equal(slots[0][1], s) and torch.equal(slots[1][1], m)
+    assert not slots[0][0].any() and not slots[1][2].any()  # the other slots untouched
+
+
 @pytest.mark.parametrize("shape", [(4096, 8), (64, 8, 6, 6)])
 def test_noisy_batch_noise_follows_algorithm_1(shape):
     o = NoisyBatchOptions()

@@ -111,6 +111,41 @@ def test_dln_pack_is_batched_math_not_vmap(monkeypatch):
 
 
 @pytest.mark.slow
+def test_moment_form_gathers_only_the_batches_something_reads(monkeypatch):
+    """A full-batch DLN on the data's moments reads no samples: a member's batch is gathered only at its measured
+    steps (the probes run on the samples), its batch order drawn every step all the same, so it equals its unpacked
+    run, which gathers every step; a pack on the samples (l1) gathers every member's batch every step."""
+    import bnsweep.pack
+
+    gathered = []
+    real = bnsweep.pack.next_batch
+
+    def spy(st, *a, **k):
+        gathered.append(st)
+        return real(st, *a, **k)
+
+    monkeypatch.setattr(bnsweep.pack, "next_batch", spy)
+    measure = {"ics": {"every": 4, "layers": [2]}}
+    cells = members("dln", "batch", steps=12, eval_every=6, measure=measure)
+    saved: dict = {}
+    packed = train_pack(cells, dtype=F64, checkpoints=[lambda b, step, k=k: saved.__setitem__(("pack", k, step), b)
+                                                       for k in range(2)], checkpoint_every=5)
+    measured = {r["step"] for r in packed[0].measure_rows["ics"]}
+    assert measured and len(gathered) == 2 * len(measured) < 2 * 12
+    for k, (c, p) in enumerate(zip(cells, packed)):
+        same_result(train_cell(c, dtype=F64, checkpoint=lambda b, step, k=k: saved.__setitem__(("alone", k, step), b),
+                               checkpoint_every=5), p)
+        for step in (5, 10):  # the batch order where it stands: the pack's checkpoint is the unpacked one's
+            a, b = (TrainState.read(saved[(w, k, step)]) for w in ("alone", "pack"))
+            assert torch.equal(a["generators"]["order"], b["generators"]["order"]) and a["order"]["pos"] == b["order"]["pos"]
+            assert torch.equal(a["order"]["perm"], b["order"]["perm"])
+    gathered.clear()
+    train_pack(members("dln", "batch", steps=10, eval_every=5), dtype=F64)
+    assert gathered == []
+    train_pack(members("dln", "l1", steps=10, eval_every=5), dtype=F64)
+    assert len(gathered) == 2 * 10
+
+
 @pytest.mark.parametrize("arch,norm", [("dln", "noisy_batch"), ("dln", "batch"), ("dln", "l1"), ("vgg_mini", "batch")])
 def test_measurements_run_per_member(arch, norm):
     cells = members(arch, norm, steps=12, eval_every=6, measure=MEASURE_ALL)

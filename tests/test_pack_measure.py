@@ -129,17 +129,22 @@ def _info(c):
     return load_data(c.dataset, "cpu").info
 
 
-def test_dln_probe_points_are_one_stacked_pass_per_chunk(monkeypatch):
-    """All members' points go through the stacked program together (not one pass per member or per point)."""
+@pytest.mark.parametrize("norm", ["batch", "l1"])
+def test_dln_probe_points_are_one_stacked_pass_per_chunk(monkeypatch, norm):
+    """All members' points go through the stacked program together (not one pass per member or per point). Where
+    the training step runs in the points' arithmetic (the samples: l1), g at w is the step's own gradient, as the
+    unpacked measurements read the step's `.grad`: no pass at w (the rows equal the unpacked run's:
+    test_stacked_measurements_equal_unpacked). The moment form (batch) trains in other arithmetic: g is evaluated."""
     import bnsweep.dln_pack
 
     calls: list[int] = []
     forward = bnsweep.dln_pack.StackedDLN.forward
     monkeypatch.setattr(bnsweep.dln_pack.StackedDLN, "forward",
                         lambda self, p, *a: calls.append(next(iter(p.values())).shape[0]) or forward(self, p, *a))
-    cells = members("dln", "batch", steps=2, eval_every=0, lrs=[1e-4, 2e-4, 3e-4], seeds=[0, 1, 2],
+    cells = members("dln", norm, steps=2, eval_every=0, lrs=[1e-4, 2e-4, 3e-4], seeds=[0, 1, 2],
                     measure={"landscape": {"steps": [0], "eta": {"points": 4}}})
     train_pack(cells, dtype=F64)
-    # per measured step (0 and the last): the three members at w, then their 3 x 4 points
+    # per measured step (0 and the last): the three members' training step (l1) or their pass at w (batch: the
+    # training step reads no samples), then their 3 x 4 points
     assert calls == [3, 12, 3, 12]
     assert torch.get_default_dtype() == torch.float32

@@ -7,10 +7,11 @@ measurements all have `points` (ICS, landscape) or read the training forward pas
 measured here, from copies taken off the stack (w before the update, w after it), instead of taking
 its step alone: `evaluate([(member, params, wrt), ...])` gives the (loss, gradient) at each point on that member's batch with that member's
 noise, in training mode, the points of all members stacked as the members of one batched network.
-The gradient g at w is one more point per member, evaluated the same way, so g and the gradients
-at the points come from one arithmetic, as in the unpacked step (the moment form that trains
-full-batch DLNs rounds differently from the samples, and a difference such as g - g(w - eta g) at a
-small eta would show it). Rows are each measurement's own `rows`; a pass's time is shared out by points.
+The gradient g at w is the step's own (`Member.g`) where the step ran in the points' arithmetic, as
+the unpacked step's measurements read the step's `.grad`; where it did not (the moment form that
+trains full-batch DLNs rounds differently from the samples, and a difference such as g - g(w - eta g)
+at a small eta would show it), g is one more point per member, evaluated as the points are. Rows are
+each measurement's own `rows`; a pass's time is shared out by the points evaluated.
 A measurement of the forward pass sees the member's own module run forward again at w on the step's
 batch with the step's noise (the member's `forward`), the pass it reads in the unpacked step.
 """
@@ -43,6 +44,7 @@ class Member:
     w: Params
     moved: Params
     forward: Callable[[], None]  # its training forward pass again: its module at w, the step's batch and noise
+    g: Params | None = None  # the step's gradient at w, where the step ran in the points' arithmetic; else evaluated
 
 
 def by_points(probes: Measurements, step: int) -> bool:
@@ -54,13 +56,14 @@ def by_points(probes: Measurements, step: int) -> bool:
 def measure_members(step: int, members: dict[int, Member], evaluate: Evaluate) -> None:
     """Each member's due measurements at `step` into its `Measurements`, all points in stacked passes."""
     t0 = time.perf_counter()
-    at_w = evaluate([(k, m.w, None) for k, m in members.items()])
+    unknown = [k for k, m in members.items() if m.g is None]
+    at_w = {k: g for k, (_, g) in zip(unknown, evaluate([(k, members[k].w, None) for k in unknown]))}
     jobs = []  # (member, measurement, its context, its points)
-    for (k, m), (_, g) in zip(members.items(), at_w):
-        ctx = Known(step, m.model, m.lr, m.loss, m.w, g, m.moved)
+    for k, m in members.items():
+        ctx = Known(step, m.model, m.lr, m.loss, m.w, m.g if m.g is not None else at_w[k], m.moved)
         jobs += [(k, q, ctx, pts) for q in m.probes.due(step) if (pts := q.points(ctx)) is not None]
     results = evaluate([(k, p, wrt) for k, _, _, pts in jobs for p, wrt in pts])
-    per_point = (time.perf_counter() - t0) / (len(members) + len(results))
+    per_point = (time.perf_counter() - t0) / max(len(unknown) + len(results), 1)
     own = {k: sum(len(pts) for j, _, _, pts in jobs if j == k) for k in members}  # each member's points
     i = 0
     for k, q, ctx, pts in jobs:
