@@ -124,6 +124,7 @@ def test_a_report_from_the_caches_equals_one_without_them(output, tmp_path):
     assert (warm.folder / "report.html").read_text() == (plain.folder / "report.html").read_text()
 
 
+@pytest.mark.slow  # over 10 s in CI
 def test_summaries_cache_serves_this_datas_summaries_and_only_them(output, tables, tmp_path, monkeypatch):
     """A report on unchanged data reads its summaries back; other data, settings or cells miss the cache."""
     import shutil

@@ -107,6 +107,7 @@ def synthetic(tmp_path_factory):
     return store, outcomes.per_cell(t["cells"], t["evals"]), smoothness.per_cell(t)
 
 
+@pytest.mark.slow  # over 10 s in CI
 def test_one_look_at_all_the_seeds_is_the_fixed_n_rule(synthetic):
     """A design whose only look has every seed spends all of alpha there: its verdicts are claims.check's, under the
     same settings (alpha 0.3 supports two claims that 0.025 leaves inconclusive; a saturation band from 0.5 makes
@@ -137,6 +138,7 @@ def test_the_report_follows_the_sweeps_design_file(synthetic, tmp_path):
     assert want != [(v.spec.id, v.verdict, v.look) for v in sequential.verdicts_of(out, smooth, design)]
 
 
+@pytest.mark.slow  # over 10 s in CI
 def test_each_look_tests_at_its_own_share_of_alpha(synthetic):
     """At alpha 0.3 the fixed-n rule supports bn_tolerates_lr and bn_widens_range; two looks spend 0.186 and 0.114 of
     it, and at those levels neither is supported at either look (bn_smoother and bn_predictive still are)."""
