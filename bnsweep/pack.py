@@ -254,8 +254,7 @@ def train_pack(cells: list[CellConfig], device: str | None = None, resumes: list
         raise ValueError("a pack's cells must be equal in everything but lr and seed")
     dev = resolve_device(device or cells[0].device)
     with applied(cells[0].performance, dev) as perf:  # the cells' execution choices, as train_cell applies them
-        results = _train_pack(cells, dev, resumes, checkpoints, checkpoint_every, finished, dtype, on_evals, perf)
-    return results
+        return _train_pack(cells, dev, resumes, checkpoints, checkpoint_every, finished, dtype, on_evals, perf)
 
 
 def _train_pack(cells: list[CellConfig], dev: torch.device, resumes: list[dict | None] | None,
@@ -327,19 +326,15 @@ def _train_pack(cells: list[CellConfig], dev: torch.device, resumes: list[dict |
     moment_form = isinstance(program, StackedDLN) and program.m is not None
     probe_program = StackedDLN(template, order, lf, classification) if moment_form else program  # probes run on the samples
 
-    # the moment form reads no samples: a member's batch is gathered only for what reads it (measurements on the
-    # samples, an unpacked step), and its batch order moves on every step all the same
-    gather_all = not moment_form
-
     for step in range(states[0].step, t.steps):
         measured = [k for k in live if by_points(states[k].probes, step)]  # measured on the stack
         alone = [k for k in live if k not in measured and states[k].probes.due(step)]
         batches = {}
-        for k in live:
-            if gather_all or k in measured or k in alone:
+        for k in live:  # the moment form reads no samples: a batch only where a measurement or an unpacked step reads it
+            if not moment_form or k in measured or k in alone:
                 batches[k] = next_batch(states[k], data, augment)
             else:
-                states[k].order.next()
+                states[k].order.next()  # its batch order moves on all the same (checkpoints equal the unpacked ones)
         for k in alone:  # measurements that read the member's own module (activations, curvature): the step unpacked
             stack.pull(k)
             train_step(states[k], step, *batches[k], lf, classification)
